@@ -1,0 +1,59 @@
+"""Projection heads on top of the backbone's tokens: DINO heads for distillation, and the
+reconstruction head that turns patch tokens back into spectrogram pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.GELU(),
+        nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class DINOHead(nn.Module):
+    """MLP -> L2-normalised bottleneck -> bias-free linear layer to K prototypes with unit-norm rows.
+
+    The prototypes' norm is frozen at 1 (weight normalisation with g = 1), which with the L2-normalised
+    bottleneck bounds the logits and keeps the distillation stable.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+        super().__init__()
+        self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.apply(_init_linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., D] -> [..., K]
+        x = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(x, F.normalize(self.last_layer.weight, dim=-1))
+
+
+class ReconstructionHead(nn.Module):
+    """Per-token MLP, then a transposed convolution (kernel = stride = patch) back to pixels."""
+
+    def __init__(self, in_dim: int, patch_size: int, grid: tuple[int, int], hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256):
+        super().__init__()
+        self.grid = tuple(grid)
+        self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim)
+        self.to_pixels = nn.ConvTranspose2d(bottleneck_dim, 1, kernel_size=patch_size, stride=patch_size)
+        self.apply(_init_linear)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens: [B, N, D] -> [B, 1, F, T]
+        x = rearrange(self.mlp(tokens), "b (f t) c -> b c f t", f=self.grid[0])
+        return self.to_pixels(x)

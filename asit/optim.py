@@ -1,0 +1,25 @@
+"""AdamW with decoupled weight decay on weights only: biases and norm parameters are not decayed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    # One-dimensional parameters are biases and LayerNorm scales: decaying them only hurts (DINO, MAE).
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "decay": True}, {"params": no_decay, "decay": False}]
+
+
+def build_adamw(model: nn.Module) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model), lr=0.0, weight_decay=0.0)
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group["weight_decay"] = weight_decay if group["decay"] else 0.0

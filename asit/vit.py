@@ -1,0 +1,147 @@
+"""The backbone: timm's VisionTransformer on one-channel spectrograms, plus weight adaptation.
+
+We compose timm's ViT rather than fork it: only the patch embedding changes (a configurable stride, as
+AST overlaps patches when fine-tuning). Loading weights from another grid (other clip length, stride or
+input size) or from an RGB image model goes through `adapt_state_dict`, the one place that knows how.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+ARCHS = {  # name -> (width, heads); all are 12 blocks deep with MLP ratio 4
+    "tiny": (192, 3),
+    "small": (384, 6),
+    "base": (768, 12),
+}
+
+
+class SpectrogramPatchEmbed(PatchEmbed):
+    """timm's PatchEmbed with a stride that may be smaller than the patch (overlapping patches)."""
+
+    def __init__(self, *args, stride: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        p = self.patch_size
+        stride = stride or p[0]
+        self.proj = nn.Conv2d(
+            self.proj.in_channels, self.proj.out_channels, kernel_size=p, stride=stride,
+            bias=self.proj.bias is not None,
+        )
+        self.stride = stride
+        self.grid_size = tuple((s - k) // stride + 1 for s, k in zip(self.img_size, p))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+
+def build_vit(
+    arch: str,
+    input_size: tuple[int, int],
+    patch_size: int = 16,
+    patch_stride: int | None = None,
+    drop_path: float = 0.0,
+) -> VisionTransformer:
+    """A ViT over [B, 1, F, T] spectrograms with a class token and no classifier (`num_classes=0`)."""
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch: unknown {arch!r}; choose one of {sorted(ARCHS)}")
+    width, heads = ARCHS[arch]
+    return VisionTransformer(
+        img_size=tuple(input_size),
+        patch_size=patch_size,
+        in_chans=1,
+        num_classes=0,
+        embed_dim=width,
+        depth=12,
+        num_heads=heads,
+        mlp_ratio=4.0,
+        drop_path_rate=drop_path,
+        embed_layer=partial(SpectrogramPatchEmbed, stride=patch_stride or patch_size),
+    )
+
+
+def grid_of(vit: VisionTransformer) -> tuple[int, int]:
+    return tuple(vit.patch_embed.grid_size)
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    shrink: str = "cut",
+) -> torch.Tensor:
+    """Adapt a [1, prefix + Fo*To, D] positional embedding to an (Fn, Tn) grid, one axis at a time.
+
+    Growing an axis interpolates bilinearly. Shrinking an axis cuts its centre (AST's rule, which keeps
+    the learned embeddings exact) or interpolates (`shrink="interpolate"`). Prefix tokens (class,
+    distillation) are untouched.
+    """
+    if shrink not in ("cut", "interpolate"):
+        raise ValueError(f"shrink must be 'cut' or 'interpolate', got {shrink!r}")
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    if patches.shape[1] != old_grid[0] * old_grid[1]:
+        raise ValueError(
+            f"pos_embed holds {patches.shape[1]} patch positions, not the {old_grid[0]}x{old_grid[1]} "
+            f"grid it was said to have"
+        )
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    grid = rearrange(patches, "1 (f t) d -> 1 d f t", f=old_grid[0])
+    for axis, (old, new) in enumerate(zip(old_grid, new_grid)):
+        if new == old:
+            continue
+        if new < old and shrink == "cut":
+            start = old // 2 - new // 2
+            grid = grid.narrow(2 + axis, start, new)
+        else:
+            size = list(grid.shape[2:])
+            size[axis] = new
+            grid = F.interpolate(grid.float(), size=tuple(size), mode="bilinear", align_corners=False)
+            grid = grid.to(pos_embed.dtype)
+    return torch.cat([prefix, rearrange(grid, "1 d f t -> 1 (f t) d")], dim=1)
+
+
+class WeightShapeError(ValueError):
+    pass
+
+
+def adapt_state_dict(
+    state: dict[str, torch.Tensor],
+    vit: VisionTransformer,
+    source: str,
+    old_grid: tuple[int, int] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Make a ViT state dict (asit or timm, one or three input channels) fit `vit`.
+
+    RGB patch-embedding weights are averaged into one channel (AST); the positional embedding is
+    resampled to `vit`'s grid, from `old_grid` if known, else from a square grid. Classifier heads are
+    dropped. Anything else that does not fit is an error naming the tensor.
+    """
+    target = vit.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "head_dist."))}
+    out = {}
+    for key, value in state.items():
+        if key not in target:
+            raise WeightShapeError(f"{source}: tensor {key} does not exist in a ViT of this kind")
+        if key == "patch_embed.proj.weight" and value.shape[1] == 3 and target[key].shape[1] == 1:
+            value = value.mean(dim=1, keepdim=True)
+        if key == "pos_embed" and value.shape != target[key].shape:
+            prefix = vit.num_prefix_tokens
+            n_old = value.shape[1] - prefix
+            grid = old_grid or (round(n_old**0.5),) * 2
+            value = resample_pos_embed(value, grid, grid_of(vit), prefix)
+        if value.shape != target[key].shape:
+            raise WeightShapeError(
+                f"{source}: tensor {key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(target[key].shape)}"
+            )
+        out[key] = value
+    missing = sorted(set(target) - set(out))
+    if missing:
+        raise WeightShapeError(f"{source}: missing tensors {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    return out

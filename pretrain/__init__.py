@@ -1,0 +1,1 @@
+"""ASiT pretraining: `python -m pretrain --config configs/pretrain/tiny.yaml [key=value ...]`."""

@@ -1,0 +1,63 @@
+"""The pretraining run's config: one typed section per component, filled from YAML + overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from asit.features import FrontEndConfig
+from asit.gmml import GMMLConfig
+from asit.losses import LossConfig
+from asit.model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    # A folder (scanned recursively), an AST-style JSON manifest or a CSV with a `path` column.
+    # Empty: a small procedurally generated audio set, made once in the cache folder, so the main job
+    # runs with nothing to download.
+    train: str | None = None
+    num_workers: int = 2  # loader processes per training process
+    # Unreadable, empty, silent or non-finite files are skipped with a warning; more than this fraction
+    # of them stops the run (the data set is then broken, not a few files).
+    max_bad_fraction: float = 0.05
+    synthetic_clips: int = 512
+    cache_dir: str | None = None  # for the synthetic set; default $ASIT_CACHE_DIR or ~/.cache/asit
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    max_steps: int | None = None  # stop after this many steps; schedules still follow `epochs`
+    batch_size: int = 32  # clips per process; each clip gives two views
+    lr: float = 5e-4  # per global batch of 256 clips, scaled linearly with the global batch
+    min_lr: float = 1e-6
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.04  # cosine to weight_decay_end
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996  # EMA momentum, cosine to 1.0
+    clip_grad: float = 3.0  # 0 disables clipping
+    freeze_last_layer_epochs: int = 1
+    # auto: bf16 autocast on CPU and on GPUs that support it, fp16 with a grad scaler on older GPUs.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    save_every_steps: int = 200
+    log_every_steps: int = 10
+    image_every_steps: int = 200  # tensorboard images of a view, its corruption and reconstruction
+
+
+@dataclass
+class PretrainConfig:
+    output_dir: str = "runs/pretrain"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
+    gmml: GMMLConfig = field(default_factory=GMMLConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.loss.w_local > 0 and self.loss.local_loss_tokens == "corrupted" and not self.gmml.enabled:
+            raise ValueError("loss.local_loss_tokens=corrupted needs gmml.enabled=true "
+                             "(without corruption there are no corrupted tokens to distil)")

@@ -1,0 +1,320 @@
+"""The ASiT pretraining loop.
+
+audio -> two random crops -> log-mel views -> GMML corruption -> student (corrupted views) and EMA
+teacher (clean views) -> reconstruction + local + global losses -> AdamW -> EMA -> checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asit import distributed, gmml
+from asit.checkpoint import atomic_save, backbone_checkpoint, load, load_backbone
+from asit.config import to_dict
+from asit.features import check_frontend, frontend_metadata
+from asit.losses import ASiTLoss
+from asit.model import build_network, ema_update
+from asit.optim import build_adamw, set_hyperparameters
+from asit.runlog import RunLog
+from asit.schedules import cosine, linear_then_constant
+from asit.sources import list_audio
+from asit.synthetic import default_cache_dir, ensure_synthetic_dataset
+from asit.views import GlobalBatchSampler, PretrainViews
+from asit.vit import adapt_state_dict, grid_of
+
+from .config import PretrainConfig
+
+log = logging.getLogger("asit")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
+    if precision == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def training_items(cfg: PretrainConfig):
+    if cfg.data.train:
+        return list_audio(cfg.data.train)
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    folder = ensure_synthetic_dataset(root, num_clips=cfg.data.synthetic_clips, sample_rate=cfg.frontend.sample_rate)
+    log.info("data.train is empty: using the embedded synthetic set in %s", folder)
+    return list_audio(folder)
+
+
+def step_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class Schedules:
+    """Every per-step value of the run, derived from its planned length."""
+
+    def __init__(self, cfg: PretrainConfig, total_steps: int, global_batch: int):
+        t, loss = cfg.train, cfg.loss
+        self.lr = cosine(t.lr * global_batch / 256, t.min_lr, total_steps, round(t.warmup_frac * total_steps))
+        self.weight_decay = cosine(t.weight_decay, t.weight_decay_end, total_steps)
+        self.momentum = cosine(t.momentum_teacher, 1.0, total_steps)
+        self.teacher_temp = linear_then_constant(loss.warmup_teacher_temp, loss.teacher_temp, total_steps,
+                                                 round(loss.teacher_temp_warmup_frac * total_steps))
+
+
+class Pretrainer:
+    def __init__(self, cfg: PretrainConfig):
+        self.cfg = cfg
+        self.env = distributed.init(cfg.train.device)
+        self.device = self.env.device
+        self.out = Path(cfg.output_dir)
+        self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
+
+        # Data: each process loads its share of every global batch.
+        items = training_items(cfg)
+        self.patch = cfg.model.patch_size
+        if cfg.frontend.num_mel_bins % self.patch:
+            raise ValueError(f"frontend.num_mel_bins={cfg.frontend.num_mel_bins} is not a multiple of "
+                             f"model.patch_size={self.patch}")
+        self.num_frames = cfg.frontend.num_frames(multiple=self.patch)
+        self.dataset = PretrainViews(items, cfg.frontend, self.num_frames, cfg.seed)
+        probe = GlobalBatchSampler(len(items), cfg.train.batch_size, 0, self.env.world_size, cfg.seed, 0)
+        self.steps_per_epoch = probe.steps_per_epoch
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.global_batch = probe.global_batch
+
+        # Networks: the teacher starts as the student and then follows it by EMA only.
+        loss = cfg.loss
+        heads = dict(use_rec=loss.w_rec > 0, use_local=loss.w_local > 0, use_global=loss.w_global > 0)
+        input_size = (cfg.frontend.num_mel_bins, self.num_frames)
+        self.student = build_network(cfg.model, input_size, teacher=False, **heads).to(self.device)
+        self.teacher = build_network(cfg.model, input_size, teacher=True, **heads).to(self.device)
+        if cfg.model.init:
+            self.load_init_backbone(cfg.model.init)
+        self.teacher.load_state_dict({k: v for k, v in self.student.state_dict().items()
+                                      if not k.startswith("rec_head.")})
+        self.teacher.requires_grad_(False)
+
+        self.criterion = ASiTLoss(loss, cfg.model.global_out_dim, cfg.model.local_out_dim).to(self.device)
+        self.optimizer = build_adamw(self.student)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.schedules = Schedules(cfg, self.total_steps, self.global_batch)
+        self.start_step = self.resume()
+        self.model = (DistributedDataParallel(self.student, device_ids=[self.device] if self.device.type == "cuda" else None)
+                      if self.env.enabled else self.student)
+        self.runlog = RunLog(self.out, enabled=self.env.is_main)
+
+    # ---- weights in and out -------------------------------------------------------------------
+    def load_init_backbone(self, path: str) -> None:
+        state, meta = load_backbone(path)
+        if meta.get("frontend"):
+            check_frontend(meta["frontend"], self.cfg.frontend, path)
+        state = adapt_state_dict(state, self.student.backbone, path, meta.get("grid"))
+        self.student.backbone.load_state_dict(state)
+        log.info("initialised the backbone from %s", path)
+
+    def checkpoint(self, step: int) -> dict:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss": self.criterion.state_dict(),
+            "step": step,
+            "config": to_dict(self.cfg),
+            "frontend": frontend_metadata(self.cfg.frontend, self.num_frames),
+            "arch": self.cfg.model.arch,
+            "patch_size": self.patch,
+            "grid": list(grid_of(self.student.backbone)),
+        }
+
+    def save(self, step: int) -> None:
+        if not self.env.is_main:
+            return
+        atomic_save(self.checkpoint(step), self.out / "checkpoint.pt")
+        backbone = backbone_checkpoint(self.teacher.backbone, self.cfg.model.arch, self.patch, self.patch,
+                                       grid_of(self.teacher.backbone),
+                                       frontend_metadata(self.cfg.frontend, self.num_frames))
+        atomic_save(backbone, self.out / "teacher_backbone.pt")
+
+    def resume(self) -> int:
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            return 0
+        ckpt = load(path)
+        check_frontend(ckpt["frontend"], self.cfg.frontend, str(path))
+        for name, module in (("student", self.student), ("teacher", self.teacher), ("loss", self.criterion)):
+            try:
+                module.load_state_dict(ckpt[name])
+            except RuntimeError as e:
+                raise ValueError(f"{path}: the {name} does not match this config ({e})") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        log.info("resumed from %s at step %d", path, ckpt["step"])
+        return ckpt["step"]
+
+    # ---- the algorithm ------------------------------------------------------------------------
+    def corrupt(self, views: torch.Tensor, ids: torch.Tensor, step: int):
+        """Corrupt both views; every tensor's rows are [view 0 of each clip; view 1 of each clip]."""
+        parts = [gmml.corrupt(views[:, v], self.cfg.gmml, self.patch, self.cfg.seed, step, ids, view=v)
+                 for v in (0, 1)]
+        return (torch.cat([p.views for p in parts]), torch.cat([p.pixel_mask for p in parts]),
+                torch.cat([p.token_mask for p in parts]))
+
+    def train_step(self, batch: dict, step: int) -> tuple[dict, dict]:
+        cfg, s = self.cfg, self.schedules
+        epoch = step // self.steps_per_epoch
+        set_hyperparameters(self.optimizer, s.lr[step], s.weight_decay[step])
+        # Stochastic depth draws from the global RNG: seeding it per step makes resumes exact.
+        torch.manual_seed(step_seed(cfg.seed, step, self.env.rank))
+
+        views = batch["views"].to(self.device, non_blocking=True)  # [B, 2, 1, F, T]
+        clean = torch.cat([views[:, 0], views[:, 1]])  # [2B, 1, F, T]
+        corrupted, pixel_mask, token_mask = self.corrupt(views, batch["index"], step)
+        # The local loss reads corrupted tokens only (paper), or every token (reference code).
+        local_select = token_mask if cfg.loss.local_loss_tokens == "corrupted" else torch.ones_like(token_mask)
+
+        with self.autocast():
+            with torch.no_grad():
+                teacher_out = self.teacher(clean, local_select)
+            student_out = self.model(corrupted, local_select)
+            losses = self.criterion(student_out, teacher_out, clean,
+                                    pixel_mask if cfg.gmml.enabled else None, s.teacher_temp[step])
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.train.clip_grad)
+                     if cfg.train.clip_grad > 0 else torch.zeros(()))
+        if epoch < cfg.train.freeze_last_layer_epochs:
+            for p in self.student.last_layers():  # prototypes stay put while the rest settles
+                p.grad = None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        ema_update(self.teacher, self.student, s.momentum[step])
+
+        losses["grad_norm"] = grad_norm
+        return losses, {"clean": clean, "corrupted": corrupted, "student": student_out, "teacher": teacher_out}
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ---- the run ------------------------------------------------------------------------------
+    def loader(self) -> DataLoader:
+        sampler = GlobalBatchSampler(len(self.dataset), self.cfg.train.batch_size, self.env.rank,
+                                     self.env.world_size, self.cfg.seed, self.stop_step, self.start_step)
+        workers = self.cfg.data.num_workers
+        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          prefetch_factor=4 if workers > 0 else None)
+
+    @property
+    def stop_step(self) -> int:
+        t = self.cfg.train
+        return self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
+
+    def run(self) -> Path:
+        cfg, env = self.cfg, self.env
+        if env.is_main:
+            log.info("pretraining %s: %d clips, %d steps of %d clips (%d per epoch), %s on %s x%d",
+                     cfg.model.arch, len(self.dataset), self.total_steps, self.global_batch,
+                     self.steps_per_epoch, self.amp_dtype or "fp32", self.device, env.world_size)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        failed = seen = 0
+        last_save = self.start_step
+        bar = tqdm(total=self.stop_step, initial=self.start_step, disable=not env.is_main, desc="pretrain")
+        tic, last_log = time.perf_counter(), self.start_step
+        for step, batch in enumerate(self.loader(), start=self.start_step):
+            losses, outputs = self.train_step(batch, step)
+            nonfinite |= ~torch.isfinite(losses["loss"].detach())
+            failed += int(batch["failed"].sum())
+            seen += len(batch["index"]) + int(batch["failed"].sum())
+            self.check_bad_files(failed, seen)
+            done = step + 1
+            bar.update(1)
+            if done % cfg.train.log_every_steps == 0 or done == self.stop_step:
+                self.check_finite(nonfinite, step, last_save)
+                values = self.log_values(losses, outputs, step, (time.perf_counter() - tic) / (done - last_log))
+                bar.set_postfix(loss=f"{values['loss/total']:.4f}")
+                self.runlog.scalars(done, values | {"data/failed_files": failed})
+                tic, last_log = time.perf_counter(), done
+            if done % cfg.train.image_every_steps == 0 and "rec" in outputs["student"]:
+                self.log_images(done, outputs)
+            if done % cfg.train.save_every_steps == 0 or done == self.stop_step:
+                self.check_finite(nonfinite, step, last_save)
+                self.save(done)
+                last_save = done
+        bar.close()
+        self.runlog.close()
+        if self.start_step >= self.stop_step and env.is_main:
+            log.info("nothing to do: %s is already at step %d", self.out / "checkpoint.pt", self.start_step)
+        return self.out / "teacher_backbone.pt"
+
+    def check_finite(self, nonfinite: torch.Tensor, step: int, last_save: int) -> None:
+        if bool(distributed.all_reduce_sum(nonfinite.float()) > 0):
+            raise NonFiniteLossError(
+                f"non-finite loss at or before step {step + 1}; stopping. The last good checkpoint "
+                f"(step {last_save}) is left in {self.out}. Try a lower train.lr, train.precision=fp32, "
+                f"or check the data for extreme values."
+            )
+
+    def check_bad_files(self, failed: int, seen: int) -> None:
+        limit = self.cfg.data.max_bad_fraction
+        if seen >= 20 and failed > limit * seen:
+            raise RuntimeError(
+                f"{failed} of the last {seen} audio files read could not be used (unreadable, empty, silent "
+                f"or non-finite; see the warnings above), more than data.max_bad_fraction={limit}"
+            )
+
+    @torch.no_grad()
+    def log_values(self, losses: dict, outputs: dict, step: int, seconds_per_step: float) -> dict:
+        s = self.schedules
+        values = {f"loss/{'total' if k == 'loss' else k}": v for k, v in losses.items()
+                  if not k.endswith("entropy") and k != "grad_norm"}
+        # Collapse monitors: the teacher's entropy near 0 (one prototype wins) or near ln K (uniform),
+        # and the spread of its normalised class embeddings near 0 (every clip maps to one point).
+        for head, out_dim in (("global", self.cfg.model.global_out_dim), ("local", self.cfg.model.local_out_dim)):
+            if f"{head}_entropy" in losses:
+                values[f"collapse/{head}_entropy_frac"] = losses[f"{head}_entropy"] / math.log(out_dim)
+        embed = F.normalize(outputs["teacher"]["cls"].float(), dim=-1)
+        values["collapse/teacher_embed_std"] = embed.std(dim=0).mean()
+        values = {k: float(distributed.all_reduce_mean(torch.as_tensor(v, device=self.device).float()))
+                  for k, v in values.items()}
+        values |= {"opt/grad_norm": float(losses["grad_norm"]), "opt/lr": float(s.lr[step]),
+                   "opt/weight_decay": float(s.weight_decay[step]), "opt/teacher_momentum": float(s.momentum[step]),
+                   "opt/teacher_temp": float(s.teacher_temp[step]), "time/seconds_per_step": seconds_per_step,
+                   "epoch": step // self.steps_per_epoch}
+        return values
+
+    def log_images(self, step: int, outputs: dict) -> None:
+        self.runlog.spectrograms(step, {
+            "view/clean": outputs["clean"][0, 0],
+            "view/corrupted": outputs["corrupted"][0, 0],
+            "view/reconstruction": outputs["student"]["rec"][0, 0],
+        })
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run (or resume) a pretraining run; returns the path of the teacher backbone it leaves."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    trainer = Pretrainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        distributed.shutdown()
