@@ -45,8 +45,13 @@ def build_vit(
     patch_size: int = 16,
     patch_stride: int | None = None,
     drop_path: float = 0.0,
+    dist_token: bool = False,
 ) -> VisionTransformer:
-    """A ViT over [B, 1, F, T] spectrograms with a class token and no classifier (`num_classes=0`)."""
+    """A ViT over [B, 1, F, T] spectrograms with a class token and no classifier (`num_classes=0`).
+
+    `dist_token` adds AST's distillation token: timm's one register token is exactly that (a learned
+    prefix token after the class token, with its own positional embedding).
+    """
     if arch not in ARCHS:
         raise ValueError(f"model.arch: unknown {arch!r}; choose one of {sorted(ARCHS)}")
     width, heads = ARCHS[arch]
@@ -60,6 +65,7 @@ def build_vit(
         num_heads=heads,
         mlp_ratio=4.0,
         drop_path_rate=drop_path,
+        reg_tokens=1 if dist_token else 0,
         embed_layer=partial(SpectrogramPatchEmbed, stride=patch_stride or patch_size),
     )
 

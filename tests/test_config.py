@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from asit.config import ConfigError, load_config
+from pretrain.config import PretrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.model.arch in ("tiny", "small", "base")
+
+
+def test_yaml_then_overrides_with_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 5\n  lr: 1\nmodel:\n  arch: tiny\n")
+    cfg = load_config(PretrainConfig, path, ["train.epochs=7", "gmml.zeros_ratio=[0.3, 0.4]", "data.train=/x"])
+    assert cfg.train.epochs == 7
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # YAML int accepted for a float
+    assert cfg.gmml.zeros_ratio == (0.3, 0.4)
+    assert cfg.model.arch == "tiny" and cfg.data.train == "/x"
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.epoch=3", "train.epoch"),  # typo of a nested key
+    ("nonsense=1", "nonsense"),
+    ("train.epochs=many", "train.epochs"),  # wrong type
+    ("train.precision=fp8", "train.precision"),  # not one of the choices
+    ("gmml.zeros_ratio=[0.9, 0.1]", "zeros_ratio"),  # validation in the section
+    ("data.num_workers=true", "data.num_workers"),
+])
+def test_bad_keys_and_values_are_errors_naming_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(PretrainConfig, None, [override])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.batchsize"):
+        load_config(PretrainConfig, path)
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(PretrainConfig, None, ["train.epochs"])
