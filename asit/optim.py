@@ -21,5 +21,5 @@ def build_adamw(model: nn.Module) -> torch.optim.AdamW:
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
-        group["weight_decay"] = weight_decay if group["decay"] else 0.0
+        group["lr"] = float(lr)  # a numpy scalar would make the checkpoint unloadable with weights_only
+        group["weight_decay"] = float(weight_decay) if group["decay"] else 0.0

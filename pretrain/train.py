@@ -98,6 +98,7 @@ class Pretrainer:
         self.global_batch = probe.global_batch
 
         # Networks: the teacher starts as the student and then follows it by EMA only.
+        torch.manual_seed(cfg.seed)
         loss = cfg.loss
         heads = dict(use_rec=loss.w_rec > 0, use_local=loss.w_local > 0, use_global=loss.w_global > 0)
         input_size = (cfg.frontend.num_mel_bins, self.num_frames)
@@ -252,7 +253,7 @@ class Pretrainer:
                 self.check_finite(nonfinite, step, last_save)
                 values = self.log_values(losses, outputs, step, (time.perf_counter() - tic) / (done - last_log))
                 bar.set_postfix(loss=f"{values['loss/total']:.4f}")
-                self.runlog.scalars(done, values | {"data/failed_files": failed})
+                self.runlog.scalars(done, values | {"data/failed_reads": failed})
                 tic, last_log = time.perf_counter(), done
             if done % cfg.train.image_every_steps == 0 and "rec" in outputs["student"]:
                 self.log_images(done, outputs)
@@ -278,7 +279,7 @@ class Pretrainer:
         limit = self.cfg.data.max_bad_fraction
         if seen >= 20 and failed > limit * seen:
             raise RuntimeError(
-                f"{failed} of the last {seen} audio files read could not be used (unreadable, empty, silent "
+                f"{failed} of {seen} audio file reads failed (unreadable, empty, silent "
                 f"or non-finite; see the warnings above), more than data.max_bad_fraction={limit}"
             )
 

@@ -1,0 +1,27 @@
+# `make install pretrain` sets up and runs the main job; `make test` runs the tests (CI: .ci/run).
+PYTHON ?= python
+# torch, torchvision and torchaudio that import together here (timm needs a torchvision that matches
+# torch; torchaudio 2.9 is the last one needed). Installed only when missing, so no re-download.
+TORCH := torch==2.9.1 torchvision==0.24.1
+AUDIO := torch==2.9.1 torchaudio==2.9.1
+CONFIG ?= configs/pretrain/tiny.yaml
+
+.PHONY: install pretrain test bench clean
+
+install:
+	@$(PYTHON) -c "import torch, torchvision, torchaudio; assert torch.__version__.startswith('2.9.1')" 2>/dev/null \
+		|| ($(PYTHON) -m pip install $(TORCH) && $(PYTHON) -m pip install $(AUDIO))
+	$(PYTHON) -m pip install --no-build-isolation -q -e ".[dev]"
+
+pretrain:
+	$(PYTHON) -m pretrain --config $(CONFIG) $(ARGS)
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench:
+	$(PYTHON) benchmarks/bench.py $(ARGS)
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
