@@ -132,17 +132,23 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:
+def load_config(cls: type, paths: str | Path | list | None, overrides: list[str] = ()) -> Any:
+    """Fill `cls` from YAML files merged in order (later files win), then from dotted overrides."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
     data: dict = {}
-    if path is not None:
-        path = Path(path)
+    for path in map(Path, paths):
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
+        layer = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(layer, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
+        data = merge(data, layer)
     data = merge(data, parse_overrides(list(overrides)))
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{path or 'config'}: {e}") from None
+        where = ", ".join(map(str, paths)) or "config"
+        raise ConfigError(f"{where}: {e}") from None

@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pretrain",
         description="ASiT self-supervised pretraining. Resumes from OUTPUT_DIR/checkpoint.pt if present.",
     )
-    parser.add_argument("--config", help="YAML config, e.g. configs/pretrain/tiny.yaml")
+    parser.add_argument("--config", action="append", default=[],
+                        help="YAML config, e.g. configs/pretrain/tiny.yaml; repeat to layer configs (later wins)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=3 data.train=DIR")
     args = parser.parse_args(argv)
     try:

@@ -47,3 +47,11 @@ def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
 def test_override_without_equals_is_an_error():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(PretrainConfig, None, ["train.epochs"])
+
+
+def test_layered_configs_later_files_win(tmp_path):
+    base, row = tmp_path / "base.yaml", tmp_path / "row.yaml"
+    base.write_text("train:\n  epochs: 5\n  batch_size: 8\n")
+    row.write_text("train:\n  epochs: 9\nloss:\n  w_local: 0\n")
+    cfg = load_config(PretrainConfig, [base, row], ["train.batch_size=4"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.loss.w_local) == (9, 4, 0.0)
