@@ -59,9 +59,14 @@ class FrontEndConfig:
         return frames
 
 
-def fbank(wave: torch.Tensor, cfg: FrontEndConfig) -> torch.Tensor:
-    """Log-mel filterbank of a mono waveform [S] in [-1, 1]: returns [num_mel_bins, frames], unnormalised."""
-    wave = wave - wave.mean()  # DC removal, as AST
+def fbank(wave: torch.Tensor, cfg: FrontEndConfig, subtract_mean: bool = True) -> torch.Tensor:
+    """Log-mel filterbank of a mono waveform [S] in [-1, 1]: returns [num_mel_bins, frames], unnormalised.
+
+    `subtract_mean=False` skips the whole-clip DC removal, as `ASTFeatureExtractor` does. Kaldi removes
+    each frame's DC anyway, so only float rounding differs (up to ~5e-4 in near-silent bands).
+    """
+    if subtract_mean:
+        wave = wave - wave.mean()  # DC removal, as AST
     feats = torchaudio.compliance.kaldi.fbank(
         wave[None],
         sample_frequency=cfg.sample_rate,
@@ -103,3 +108,42 @@ def _same(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
     return a == b
+
+
+def clip_fbank(wave: torch.Tensor, cfg: FrontEndConfig) -> torch.Tensor:
+    """`fbank` of a whole clip [S] -> [F, T]; a clip shorter than one window is zero-padded to one
+    (kaldi refuses it) and so gives a single frame."""
+    window = round(cfg.frame_length_ms * cfg.sample_rate / 1000)
+    # As ASTFeatureExtractor, to the bit: a classifier exported to Hugging Face sees the same input.
+    return fbank(torch.nn.functional.pad(wave, (0, max(0, window - wave.shape[-1]))), cfg, subtract_mean=False)
+
+
+def fit_frames(spec: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """[F, T] -> [F, num_frames]: zero-pad or cut at the end, in the log-mel domain (AST, ASTFeatureExtractor)."""
+    return torch.nn.functional.pad(spec, (0, max(0, num_frames - spec.shape[1])))[:, :num_frames]
+
+
+def clip_features(wave: torch.Tensor, cfg: FrontEndConfig, num_frames: int) -> torch.Tensor:
+    """A classification clip [S] -> normalised features [F, num_frames], as `ASTFeatureExtractor`.
+
+    The padding is log-mel 0 and is normalised with the rest, so it is not the data mean: this is what
+    AST and Hugging Face feed their models, and what AST-family weights expect.
+    """
+    return normalise(fit_frames(clip_fbank(wave, cfg), num_frames), cfg)
+
+
+def clip_windows(wave: torch.Tensor, cfg: FrontEndConfig, num_frames: int) -> torch.Tensor:
+    """A clip of any length [S] -> normalised windows [W, F, num_frames] that cover it all.
+
+    A clip that fits one window gives exactly `clip_features`. A longer one is cut into windows with a
+    hop of half a window, plus one ending at the clip's end so that the tail is never dropped.
+    """
+    spec = clip_fbank(wave, cfg)  # [F, T]
+    frames = spec.shape[1]
+    if frames <= num_frames:
+        return normalise(fit_frames(spec, num_frames), cfg)[None]
+    hop = max(1, num_frames // 2)
+    starts = list(range(0, frames - num_frames + 1, hop))
+    if starts[-1] != frames - num_frames:
+        starts.append(frames - num_frames)
+    return normalise(torch.stack([spec[:, s:s + num_frames] for s in starts]), cfg)

@@ -122,14 +122,19 @@ def adapt_state_dict(
     source: str,
     old_grid: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Make a ViT state dict (asit or timm, one or three input channels) fit `vit`.
+    """Make a ViT state dict (asit, timm or DeiT; one or three input channels) fit `vit`.
 
-    RGB patch-embedding weights are averaged into one channel (AST); the positional embedding is
-    resampled to `vit`'s grid, from `old_grid` if known, else from a square grid. Classifier heads are
-    dropped. Anything else that does not fit is an error naming the tensor.
+    RGB patch-embedding weights are averaged into one channel (AST); a distillation token missing from
+    the source is started as a copy of the class token (AST); the positional embedding is resampled to
+    `vit`'s grid, from `old_grid` if known, else from a square grid. Classifier heads are dropped.
+    Anything else that does not fit is an error naming the tensor.
     """
     target = vit.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "head_dist."))}
+    # DeiT's distillation token is timm's register token (`build_vit(dist_token=True)`).
+    state = {("reg_token" if k == "dist_token" else k): v for k, v in state.items()
+             if not k.startswith(("head.", "fc_norm.", "head_dist."))}
+    if "reg_token" in target and "reg_token" not in state and "cls_token" in state:
+        state = _add_dist_token(state)
     out = {}
     for key, value in state.items():
         if key not in target:
@@ -138,8 +143,7 @@ def adapt_state_dict(
             value = value.mean(dim=1, keepdim=True)
         if key == "pos_embed" and value.shape != target[key].shape:
             prefix = vit.num_prefix_tokens
-            n_old = value.shape[1] - prefix
-            grid = old_grid or (round(n_old**0.5),) * 2
+            grid = _source_grid(value.shape[1] - prefix, old_grid, source)
             value = resample_pos_embed(value, grid, grid_of(vit), prefix)
         if value.shape != target[key].shape:
             raise WeightShapeError(
@@ -151,3 +155,28 @@ def adapt_state_dict(
     if missing:
         raise WeightShapeError(f"{source}: missing tensors {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
     return out
+
+
+def _add_dist_token(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """AST's start for a distillation token the source lacks: the class token and its position, copied.
+
+    The two tokens then have identical outputs until fine-tuning moves them apart (but every token now
+    attends to the class token twice, so outputs differ slightly from the source model's).
+    """
+    state = dict(state, reg_token=state["cls_token"].clone())
+    if "pos_embed" in state:
+        pos = state["pos_embed"]  # [1, 1 + N, D] -> [1, 2 + N, D]
+        state["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+    return state
+
+
+def _source_grid(num_patches: int, old_grid: tuple[int, int] | None, source: str) -> tuple[int, int]:
+    side = round(num_patches**0.5)
+    grid = tuple(old_grid) if old_grid else (side, side)
+    if grid[0] * grid[1] != num_patches:
+        known = "as its metadata says" if old_grid else "assumed square: the source does not say"
+        raise WeightShapeError(
+            f"{source}: tensor pos_embed holds {num_patches} patch positions, not a {grid[0]}x{grid[1]} "
+            f"grid ({known})"
+        )
+    return grid
