@@ -6,7 +6,7 @@ TORCH := torch==2.9.1 torchvision==0.24.1
 AUDIO := torch==2.9.1 torchaudio==2.9.1
 CONFIG ?= configs/pretrain/tiny.yaml
 
-.PHONY: install pretrain test bench clean
+.PHONY: install pretrain test bench clean ablations ablations-quick
 
 install:
 	@$(PYTHON) -c "import torch, torchvision, torchaudio; assert torch.__version__.startswith('2.9.1')" 2>/dev/null \
@@ -21,6 +21,16 @@ test:
 
 bench:
 	$(PYTHON) benchmarks/bench.py $(ARGS)
+
+# ASiT's Table II in miniature (see ablation/__main__.py). DATA=/path/to/shared/data to point elsewhere.
+ablation-%:
+	$(PYTHON) -m ablation run $* $(ARGS)
+
+ablations:
+	$(PYTHON) -m ablation all --seeds 0 1 2 $(ARGS)
+
+ablations-quick:
+	$(PYTHON) -m ablation all --quick $(ARGS)
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Ablation runner: `python -m ablation`; see __main__.py."""

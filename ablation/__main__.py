@@ -1,0 +1,212 @@
+"""ASiT's Table II in miniature: pretrain a ViT-tiny per row on one fixed budget, then judge its teacher.
+
+    python -m ablation run ROW [--seed S] [--quick]     one row (skipped if its result exists)
+    python -m ablation all [--seeds 0 1 2] [--quick]    every row, resumable
+    python -m ablation table [--quick]                  results/ablations[-quick].md
+
+Pretraining data: the FSDD takes 5-49 (the data set's train split) of every speaker but the held-out
+one, plus the Speech Commands sample, all as unlabelled audio. Evaluation: FSDD with one speaker held out
+(test = every take of that speaker; speaker-independent, harder than the data set's own split), by a
+linear probe and a k-NN on the frozen teacher, and (full budget only) a short fine-tune. The held-out
+speaker is never heard in pretraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asit.sources import list_audio, write_csv
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "ablation"
+FSDD_NAME = re.compile(r"(\d)_([a-z]+)_(\d+)\.wav$")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # its config is configs/ablation/<name>.yaml; "scratch" has none (no pretraining)
+    what: str
+    paper: str  # the paper's AS-20K mAP after fine-tuning a ViT-S (method.md section 7), or its claim
+
+
+ROWS = [
+    Row("scratch", "no pretraining", "12.6"),
+    Row("nocorr_rec", "reconstruction, no corruption", "16.6"),
+    Row("nocorr_global", "global, no corruption", "20.2"),
+    Row("local", "corruption + local", "23.9"),
+    Row("rec", "corruption + reconstruction", "25.5"),
+    Row("local_global", "corruption + local + global", "25.9"),
+    Row("rec_global", "corruption + reconstruction + global", "27.1"),
+    Row("rec_local", "corruption + reconstruction + local", "27.6"),
+    Row("full", "corruption + reconstruction + local + global", "28.1"),
+    Row("aligned", "full, blocks aligned to patches", "26.9 (10 ep.)"),
+    Row("ratio_03", "full, corruption ratio 0.3", "best at 0.6-0.8"),
+    Row("ratio_05", "full, corruption ratio 0.5", "best at 0.6-0.8"),
+    Row("ratio_07", "full, corruption ratio 0.7", "best at 0.6-0.8"),
+    Row("ratio_09", "full, corruption ratio 0.9", "best at 0.6-0.8"),
+    Row("local_all", "full, local loss on all tokens", "-"),
+    Row("rec_weight_2", "full, reconstruction weight 2", "-"),
+]
+BY_NAME = {row.name: row for row in ROWS}
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    pretrain: list[str]  # overrides of configs/ablation/base.yaml
+    finetune_epochs: int  # 0: no fine-tune, frozen evaluations only
+
+
+BUDGETS = {
+    "quick": Budget("quick", ["train.epochs=2"], 0),
+    "full": Budget("full", [], 4),
+}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("DATA", REPO.parent / "shared" / "data"))
+
+
+def pretraining_csv(out: Path, held_out: str) -> Path:
+    """FSDD's train takes of the other speakers + the Speech Commands sample, as one CSV."""
+    root = data_root()
+    fsdd = [i for i in list_audio(root / "fsdd" / "recordings")
+            if (m := FSDD_NAME.search(i.path)) and int(m[3]) >= 5 and m[2] != held_out]
+    commands = list_audio(root / "speech_commands_sample") if (root / "speech_commands_sample").is_dir() else []
+    path = out / "pretrain.csv"
+    write_csv(fsdd + commands, path)
+    return path
+
+
+def run(args: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write("$ " + shlex.join(args) + "\n")
+        f.flush()
+        result = subprocess.run(args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise SystemExit(f"failed ({result.returncode}): {shlex.join(args)}; see {log}")
+
+
+def final_entropy(run_dir: Path) -> float | None:
+    """The teacher's global-head entropy at the end, as a fraction of ln K (collapse: near 0 or 1)."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    values = [r[k] for r in rows[-1:] for k in ("collapse/global_entropy_frac", "collapse/local_entropy_frac") if k in r]
+    return values[0] if values else None
+
+
+def run_row(row: Row, seed: int, budget: Budget, held_out: str, root: Path) -> dict:
+    out = root / row.name / f"seed{seed}"
+    result_path = out / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    log, tic = out / "commands.log", time.time()
+    result = {"row": row.name, "seed": seed, "budget": budget.name}
+    init = "null"
+    if row.name != "scratch":
+        pre = out / "pretrain"
+        run([sys.executable, "-m", "pretrain", "--config", str(CONFIGS / "base.yaml"),
+             "--config", str(CONFIGS / f"{row.name}.yaml"), f"data.train={pretraining_csv(out, held_out)}",
+             f"output_dir={pre}", f"seed={seed}", *budget.pretrain], log)
+        init = str(pre / "teacher_backbone.pt")
+        result["entropy_frac"] = final_entropy(pre)
+        result["pretrain_steps"] = json.loads((pre / "log.jsonl").read_text().splitlines()[-1])["step"]
+    evaluate = [sys.executable, "-m", "finetune", "--config", str(REPO / "configs" / "finetune" / "tiny_fsdd.yaml"),
+                f"data.train={data_root() / 'fsdd' / 'recordings'}", f"data.fsdd_split=speaker:{held_out}",
+                f"model.init={init}", f"seed={seed}"]
+    modes = {"linear": [], "knn": []}
+    if budget.finetune_epochs:
+        modes["full"] = [f"train.epochs={budget.finetune_epochs}"]
+    for mode, extra in modes.items():
+        run([*evaluate, f"finetune.mode={mode}", f"output_dir={out / mode}", *extra], log)
+        metrics = json.loads((out / mode / "metrics.json").read_text())
+        result[mode] = metrics["test"]["accuracy"]
+    result["seconds"] = round(time.time() - tic)
+    result_path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def results_root(budget: Budget) -> Path:
+    return REPO / "runs" / "ablations" / budget.name
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    pct = 100 * np.asarray(values, dtype=float)
+    return f"{pct.mean():.1f}" if len(pct) == 1 else f"{pct.mean():.1f} ± {pct.std():.1f}"
+
+
+def table(budget: Budget, command: str) -> str:
+    root = results_root(budget)
+    lines = [
+        f"# ASiT ablations in miniature ({budget.name} budget)", "",
+        f"Made by `{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.", "",
+        "Pretraining: ViT-tiny, 1 s views, `configs/ablation/base.yaml` "
+        f"(+ `{' '.join(budget.pretrain) or 'no overrides'}`), the same steps for every row, on FSDD takes 5-49 "
+        "of five speakers + the Speech Commands sample. Evaluation: FSDD digits with one speaker held out "
+        "(test = all 500 clips of that speaker), test accuracy in %: linear probe and 20-NN on the frozen "
+        "teacher" + (f", and a {budget.finetune_epochs}-epoch fine-tune" if budget.finetune_epochs else "") +
+        ". Paper: AS-20K mAP after fine-tuning a ViT-S pretrained on AudioSet (Table II). "
+        "Entropy: the teacher's final output entropy as a fraction of ln K (near 0 or 1 = collapse).", "",
+        "| row | what | paper | linear | k-NN | fine-tune | entropy | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        found = [json.loads(p.read_text()) for p in sorted((root / row.name).glob("seed*/result.json"))]
+        if not found:
+            continue
+        entropy = [r["entropy_frac"] for r in found if r.get("entropy_frac") is not None]
+        lines.append(
+            f"| {row.name} | {row.what} | {row.paper} | {mean_std([r['linear'] for r in found])} | "
+            f"{mean_std([r['knn'] for r in found])} | {mean_std([r['full'] for r in found if 'full' in r])} | "
+            f"{f'{np.mean(entropy):.2f}' if entropy else '-'} | {len(found)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "all", "table"])
+    parser.add_argument("rows", nargs="*", help="rows for `run` (default for `all`: every row)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--quick", action="store_true", help="the short budget, one fine-tune-free pass")
+    parser.add_argument("--held-out", default="george", help="the FSDD speaker never heard in pretraining")
+    args = parser.parse_args(argv)
+    budget = BUDGETS["quick" if args.quick else "full"]
+    unknown = [r for r in args.rows if r not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(BY_NAME)}")
+    if args.command in ("run", "all"):
+        if not (data_root() / "fsdd" / "recordings").is_dir():
+            parser.error(f"no FSDD recordings under {data_root()}: set DATA=/path/to/shared/data")
+        for name in args.rows or list(BY_NAME):
+            for seed in args.seeds:
+                result = run_row(BY_NAME[name], seed, budget, args.held_out, results_root(budget))
+                print(json.dumps(result))
+    if args.command in ("all", "table"):
+        command = "make ablations-quick" if args.quick else "make ablations"
+        out = REPO / "results" / f"ablations{'-quick' if args.quick else ''}.md"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(table(budget, command))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
