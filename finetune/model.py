@@ -31,12 +31,17 @@ def adopt_stats(frontend: FrontEndConfig, saved: dict | None, source: str) -> Fr
     return dataclasses.replace(frontend, mean=float(saved["mean"]), std=float(saved["std"]))
 
 
-def build_model(cfg: FinetuneConfig, num_classes: int, pool: str | None = None) -> tuple[ASTModel, FrontEndConfig]:
-    """AST with `num_classes` outputs (and `pool`, default model.pool), and the front end to feed it."""
+def build_model(cfg: FinetuneConfig, num_classes: int, pool: str | None = None,
+                dist_token: bool = True) -> tuple[ASTModel, FrontEndConfig]:
+    """AST with `num_classes` outputs (and `pool`, default model.pool), and the front end to feed it.
+
+    `dist_token=False` keeps the backbone exactly as pretrained (no copied distillation token, which
+    shifts every token's attention a little): what frozen evaluations must judge.
+    """
     m = cfg.model
     ast = ASTConfig(arch=m.arch, num_classes=num_classes, num_mel_bins=cfg.frontend.num_mel_bins,
                     num_frames=m.num_frames, patch_size=m.patch_size, patch_stride=m.patch_stride,
-                    pool=pool or m.pool, drop_path=m.drop_path)
+                    pool=pool or m.pool, drop_path=m.drop_path, dist_token=dist_token)
     model = ASTModel(ast)
     frontend = cfg.frontend
     if m.init:

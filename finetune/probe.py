@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from asit.distributed import Dist
 from asit.frozen import knn_scores, select_features, train_probe
 from asit.runlog import RunLog
 from asit.sources import AudioItem
-from pretrain.train import resolve_precision
+from asit.runtime import autocast, resolve_precision
 
 from .config import FinetuneConfig
 from .data import ClipDataset, Labels, Split, collect, datasets
@@ -42,7 +41,8 @@ def run_frozen(cfg: FinetuneConfig, split: Split, labels: Labels, out: Path, env
     f = cfg.finetune
     torch.manual_seed(cfg.seed)
     # The pool decides which embedding the saved classifier reads: the one the probe was trained on.
-    model, frontend = build_model(cfg, len(labels), pool="mean" if f.features == "mean" else "token")
+    model, frontend = build_model(cfg, len(labels), pool="mean" if f.features == "mean" else "token",
+                                   dist_token=False)
     model.to(env.device).eval()
     sets = datasets(split, labels, frontend, cfg.model.num_frames)  # each clip is read once: no cache
     feats = {name: embed(model, dataset, cfg, env, memo) for name, dataset in sets.items()}
@@ -78,7 +78,7 @@ def embed(model: ASTModel, dataset: ClipDataset, cfg: FinetuneConfig, env: Dist,
     amp = resolve_precision(cfg.train.precision, env.device)
 
     def fn(x):
-        with torch.autocast(env.device.type, dtype=amp) if amp else nullcontext():
+        with autocast(env.device, amp):
             return model.embed(x)
 
     todo = list(dict.fromkeys(item.path for item in dataset.items if item.path not in memo))

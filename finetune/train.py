@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from asit.frozen import classification_loss
 from asit.optim import build_adamw, set_hyperparameters
 from asit.runlog import RunLog
 from asit.schedules import cosine
-from pretrain.train import resolve_precision, step_seed
+from asit.runtime import autocast, resolve_precision, step_seed
 
 from .config import FinetuneConfig, TrainConfig
 from .data import Labels, Split, TrainBatches, balanced_weights, collect, datasets
@@ -98,7 +97,7 @@ class Finetuner:
         # Mix first, then mask the mixture, as AST: masks hide parts of what the model is asked about.
         x, y, _ = mixup(x, y, aug.mixup, aug.mixup_alpha, rng)
         x = spec_augment(x, aug.freq_mask, aug.time_mask, rng)
-        with self.autocast():
+        with autocast(self.device, self.amp_dtype):
             logits = self.ddp(x)  # [B, C]
         loss = classification_loss(logits.float(), y, self.bce)
 
@@ -196,7 +195,7 @@ class Finetuner:
         self.model.eval()
 
         def logits(x):
-            with self.autocast():
+            with autocast(self.device, self.amp_dtype):
                 return {"logits": self.model(x)}
 
         out = collect(logits, self.sets[name], self.env, self.cfg.train.eval_batch_size, self.cfg.data.num_workers)
@@ -209,11 +208,6 @@ class Finetuner:
         names = [name for name in ("val", "test") if name in self.sets]
         return report({name: self.scores(name) for name in names},
                       {name: self.sets[name].targets for name in names}, self.labels, per_class)
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save(self, name: str, state: dict, extra: dict) -> None:

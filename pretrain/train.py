@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -27,6 +25,7 @@ from asit.losses import ASiTLoss
 from asit.model import build_network, ema_update
 from asit.optim import build_adamw, set_hyperparameters
 from asit.runlog import RunLog
+from asit.runtime import autocast, resolve_precision, step_seed
 from asit.schedules import cosine, linear_then_constant
 from asit.sources import list_audio
 from asit.synthetic import default_cache_dir, ensure_synthetic_dataset
@@ -42,15 +41,6 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
-    if precision == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
 def training_items(cfg: PretrainConfig):
     if cfg.data.train:
         return list_audio(cfg.data.train)
@@ -58,10 +48,6 @@ def training_items(cfg: PretrainConfig):
     folder = ensure_synthetic_dataset(root, num_clips=cfg.data.synthetic_clips, sample_rate=cfg.frontend.sample_rate)
     log.info("data.train is empty: using the embedded synthetic set in %s", folder)
     return list_audio(folder)
-
-
-def step_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 class Schedules:
@@ -189,7 +175,7 @@ class Pretrainer:
         # The local loss reads corrupted tokens only (paper), or every token (reference code).
         local_select = token_mask if cfg.loss.local_loss_tokens == "corrupted" else torch.ones_like(token_mask)
 
-        with self.autocast():
+        with autocast(self.device, self.amp_dtype):
             with torch.inference_mode():  # cheaper than no_grad: no autograd bookkeeping at all
                 teacher_out = self.teacher(clean, local_select)
             student_out = self.model(corrupted, local_select)
@@ -210,11 +196,6 @@ class Pretrainer:
 
         losses["grad_norm"] = grad_norm
         return losses, {"clean": clean, "corrupted": corrupted, "student": student_out, "teacher": teacher_out}
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ---- the run ------------------------------------------------------------------------------
     def loader(self) -> DataLoader:

@@ -55,3 +55,10 @@ def test_layered_configs_later_files_win(tmp_path):
     row.write_text("train:\n  epochs: 9\nloss:\n  w_local: 0\n")
     cfg = load_config(PretrainConfig, [base, row], ["train.batch_size=4"])
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.loss.w_local) == (9, 4, 0.0)
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    cfg = load_config(PretrainConfig, None, ["train.lr=5e-4"])  # YAML 1.1 reads this as a string
+    assert cfg.train.lr == 5e-4
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(PretrainConfig, None, ["train.lr=fast"])

@@ -6,7 +6,7 @@ from asit.features import FrontEndConfig, check_frontend, fbank, frontend_metada
 from asit.sources import AudioItem, list_audio
 from asit.synthetic import ensure_synthetic_dataset
 from asit.views import GlobalBatchSampler, PretrainViews, make_views, random_crop
-from pretrain.train import resolve_precision
+from asit.runtime import resolve_precision
 
 
 @pytest.mark.parametrize("seconds, frames", [(6.0, 592), (1.0, 96), (10.0, 992)])
