@@ -11,7 +11,7 @@ CONFIG ?= configs/pretrain/tiny.yaml
 install:
 	@$(PYTHON) -c "import torch, torchvision, torchaudio; assert torch.__version__.startswith('2.9.1')" 2>/dev/null \
 		|| ($(PYTHON) -m pip install $(TORCH) && $(PYTHON) -m pip install $(AUDIO))
-	$(PYTHON) -m pip install --no-build-isolation -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[dev]"
 
 pretrain:
 	$(PYTHON) -m pretrain --config $(CONFIG) $(ARGS)
