@@ -7,9 +7,12 @@ typo in a config never silently falls back to a default.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Union
 
@@ -158,3 +161,23 @@ def load_config(cls: type, paths: str | Path | list | None, overrides: list[str]
     except ConfigError as e:
         where = ", ".join(map(str, paths)) or "config"
         raise ConfigError(f"{where}: {e}") from None
+
+
+def command_line(cls: type, run: Callable[[Any], Any], argv: list[str] | None, prog: str, description: str,
+                 example: str) -> int:
+    """`prog --config A.yaml [--config B.yaml] key=value ...`: fill `cls`, then `run` it.
+
+    A config error is one line naming the key, exit code 2, no traceback.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action="append", default=[],
+                        help=f"YAML config, e.g. {example}; repeat to layer configs (later files win)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(cls, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0

@@ -62,3 +62,11 @@ def test_exponent_floats_without_a_dot_are_floats():
     assert cfg.train.lr == 5e-4
     with pytest.raises(ConfigError, match="train.lr"):
         load_config(PretrainConfig, None, ["train.lr=fast"])
+
+
+def test_command_line_config_errors_are_one_line_and_exit_2(capsys):
+    from pretrain.__main__ import main
+
+    assert main(["train.epoch=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("config error:") and "train.epoch" in err and "\n" not in err
