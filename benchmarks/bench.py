@@ -78,6 +78,12 @@ def current_rss_mib() -> float:
         return float("nan")
 
 
+def cpu_share(cpu_seconds: float, wall_seconds: float, threads: int) -> float:
+    """CPU time a process got over wall time x its threads. Well under 1: other processes took the
+    cores (or the threads idled), so the timing is pessimistic."""
+    return cpu_seconds / (wall_seconds * threads)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -267,10 +273,7 @@ def worker_step(spec: dict) -> dict:
         grid = tuple(trainer.student.backbone.patch_embed.grid_size)
         result = {
             "arch": spec["arch"], "precision": spec["precision"], "device": str(device),
-            "threads": torch.get_num_threads(),
-            # CPU time the process got over wall time x threads: well under 1 means other processes
-            # took the cores (or the threads idled), so the timing is pessimistic.
-            "cpu_share": cpu / (sum(times) * torch.get_num_threads()),
+            "threads": torch.get_num_threads(), "cpu_share": cpu_share(cpu, sum(times), torch.get_num_threads()),
             "clips": CLIPS_PER_STEP, "views_shape": list(batch["views"].shape),
             "grid": list(grid), "tokens": grid[0] * grid[1] + 1,
             "seconds_per_step": summarise(times), "steps": times,
@@ -285,17 +288,20 @@ def worker_step(spec: dict) -> dict:
     return result
 
 
-def profile_step(trainer, batch: dict, step: int, top: int = 20) -> list[dict]:
-    """The ops of one step that take the most time of their own (children excluded), from torch.profiler."""
+def profile_step(trainer, batch: dict, step: int, top: int = 20) -> dict:
+    """The ops of one step that take the most time of their own (children excluded), from torch.profiler,
+    and the (profiled, so slightly slower) step's duration."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
+        tic = time.perf_counter()
         trainer.train_step(batch, step)
         synchronize(trainer.device)
+        seconds = time.perf_counter() - tic
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-             "cpu_total_ms": e.cpu_time_total / 1e3} for e in events[:top]]
+    return {"seconds": seconds, "ops": [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                                         "cpu_total_ms": e.cpu_time_total / 1e3} for e in events[:top]]}
 
 
 # ---- 2. the data pipeline ---------------------------------------------------------------------
@@ -329,9 +335,10 @@ def worker_pipeline(spec: dict) -> dict:
         seconds = statistics.mean(sf.info(str(item.path)).duration for item in items)
         dataset = PretrainViews(items, frontend, num_frames, seed=0)
         dataset[0, 0]  # warm-up: resampler kernels, fbank's mel matrix
-        tic = time.perf_counter()
+        cpu, tic = time.process_time(), time.perf_counter()
         samples = [dataset[i, 0] for i in range(len(items))]
         load_seconds = (time.perf_counter() - tic) / len(items)
+        share = cpu_share(time.process_time() - cpu, load_seconds * len(items), 1)
 
     cfg = gmml.GMMLConfig()
     batches = [torch.stack([s["views"] for s in samples[i:i + CLIPS_PER_STEP]])
@@ -343,7 +350,7 @@ def worker_pipeline(spec: dict) -> dict:
             gmml.corrupt(views[:, v], cfg, 16, 0, step, ids, view=v)
     corrupt_seconds = (time.perf_counter() - tic) / (len(batches) * CLIPS_PER_STEP)
     return {"source": source, "clips": len(items), "mean_clip_seconds": seconds, "threads": torch.get_num_threads(),
-            "views_clips_per_s": 1 / load_seconds, "corrupt_clips_per_s": 1 / corrupt_seconds,
+            "cpu_share": share, "views_clips_per_s": 1 / load_seconds, "corrupt_clips_per_s": 1 / corrupt_seconds,
             "clips_per_s": 1 / (load_seconds + corrupt_seconds)}
 
 
@@ -394,6 +401,7 @@ def worker_inference(spec: dict) -> dict:
     times = {name: [] for name in runs}
     with torch.inference_mode():
         outputs = {name: run() for name, run in runs.items()}  # warm-up, and the outputs to compare
+        cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(spec["reps"]):
             for name, run in runs.items():
                 synchronize(device)
@@ -401,10 +409,11 @@ def worker_inference(spec: dict) -> dict:
                 run()
                 synchronize(device)
                 times[name].append(time.perf_counter() - tic)
+        share = cpu_share(time.process_time() - cpu, time.perf_counter() - wall, torch.get_num_threads())
     grid = tuple(ours.backbone.patch_embed.grid_size)
     flops = sum(vit_forward_flops(spec["batch"], grid, ARCHS[cfg.arch][0], prefix_tokens=2).values())
     result = {"arch": spec["arch"], "device": str(device), "frames": cfg.num_frames, "stride": cfg.patch_stride, "batch": spec["batch"],
-              "grid": list(grid), "tokens": grid[0] * grid[1] + 2, "threads": torch.get_num_threads(),
+              "grid": list(grid), "tokens": grid[0] * grid[1] + 2, "threads": torch.get_num_threads(), "cpu_share": share,
               "flops_per_batch": flops, "same_weights": same_weights,
               "hf_attention": getattr(theirs.config, "_attn_implementation", None)}
     for name, samples in times.items():
@@ -529,10 +538,11 @@ def table(header: list[str], rows: list[list]) -> str:
 def busy_warning(results: dict) -> list[str]:
     """A loud line when other work shared the CPUs: the figures are then lower bounds of the speed."""
     load = results["machine"].get("load_average_1min")
-    shares = [s["cpu_share"] for s in results["steps"]]
-    if (shares and min(shares) < 0.85) or (load or 0) > 0.5:
-        return [f"WARNING: the machine was busy (1-min load average {load} before the run; the steps got "
-                f"{min(shares, default=1):.0%} of their threads' CPU time at worst): timings are pessimistic"]
+    shares = [r["cpu_share"] for r in [*results["steps"], results["pipeline"], *results["inference"]]]
+    if min(shares, default=1) < 0.85 or (load or 0) > 0.5:
+        load = "unknown" if load is None else f"{load:.1f}"
+        return [f"WARNING: the machine was busy (1-min load average {load} before the run; the measurements "
+                f"got {min(shares, default=1):.0%} of their threads' CPU time at worst): timings are pessimistic"]
     return []
 
 
@@ -567,15 +577,18 @@ def report(results: dict) -> str:
                       for s in results["steps"]]))
     for s in results["steps"]:
         if s.get("profile"):
-            total = sum(e["self_cpu_ms"] for e in s["profile"])
-            out += ["", f"   top ops of one {s['arch']} {s['precision']} step (torch.profiler, self time):"]
-            out.append(table(["op", "calls", "self ms"],
-                             [[e["op"][:60], e["calls"], f"{e['self_cpu_ms']:.1f}"] for e in s["profile"][:12]]))
+            prof = s["profile"]
+            out += ["", f"   top ops of one {s['arch']} {s['precision']} step (torch.profiler, self time; "
+                        f"the profiled step took {prof['seconds']:.3f} s):"]
+            out.append(table(["op", "calls", "self ms", "of step"],
+                             [[e["op"][:60], e["calls"], f"{e['self_cpu_ms']:.1f}",
+                               f"{e['self_cpu_ms'] / 1e3 / prof['seconds']:.0%}"] for e in prof["ops"][:12]]))
     p = results["pipeline"]
     out += ["", f"2. data pipeline, one worker ({p['threads']} thread, {p['clips']} clips of {p['source']}, "
                 f"{p['mean_clip_seconds']:.1f} s on average):",
             f"   views (decode, resample, fbank, 2 crops) {p['views_clips_per_s']:.1f} clips/s; "
-            f"corruption {p['corrupt_clips_per_s']:.1f} clips/s; together {p['clips_per_s']:.1f} clips/s"]
+            f"corruption {p['corrupt_clips_per_s']:.1f} clips/s; together {p['clips_per_s']:.1f} clips/s "
+            f"(CPU got {p['cpu_share']:.0%})"]
     if "ratio_to_step" in p:
         out.append(f"   = {p['ratio_to_step']:.1f}x what a {p['consumer']} step consumes (target >= {PIPELINE_TARGET_RATIO:.0f}x)")
     if results["inference"]:
@@ -585,9 +598,10 @@ def report(results: dict) -> str:
             ours, theirs = r["asit"]["clips_per_s"], r["transformers"]["clips_per_s"]
             diff = f"{r['max_abs_logit_diff']:.1e}" if "max_abs_logit_diff" in r else "-"
             rows.append([r["arch"], f"{r['batch']} x 128 x {r['frames']}", r["tokens"], f"{ours:.2f}", f"{theirs:.2f}",
-                         f"{ours / theirs:.2f}x", f"{r['flops_per_batch'] / r['batch'] / 1e9:.0f}", diff])
+                         f"{ours / theirs:.2f}x", f"{r['flops_per_batch'] / r['batch'] / 1e9:.0f}", diff,
+                         f"{r['cpu_share']:.0%}"])
         out.append(table(["arch", "input", "tokens", "asit clips/s", "HF clips/s", "asit/HF", "GFLOP/clip",
-                          "max |dlogit|"], rows))
+                          "max |dlogit|", "CPU got"], rows))
     return "\n".join(out)
 
 
