@@ -8,6 +8,7 @@ batch; DDP then averages gradients, hence the factor `world_size` in `global_mea
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,23 @@ def init(device: str = "auto") -> Dist:
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world_size, local_rank, dev)
+
+
+@contextmanager
+def process_group(device: str = "auto"):
+    """`init` for the length of a run. After a clean run every process waits for the others before
+    leaving the group: one process destroying it while another is still at work (rank 0 writing the
+    last checkpoint) can hang gloo (pytorch/pytorch#75097). After an error nobody waits: the other
+    processes may never arrive, and torchrun stops them."""
+    env = init(device)
+    try:
+        yield env
+    except BaseException:
+        shutdown()
+        raise
+    if dist.is_initialized():
+        dist.barrier(device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    shutdown()
 
 
 def shutdown() -> None:

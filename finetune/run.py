@@ -32,8 +32,7 @@ log = logging.getLogger("asit")
 def finetune(cfg: FinetuneConfig) -> dict:
     """Run a fine-tune (or frozen evaluation) as configured; returns what metrics.json holds (rank 0)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    env = distributed.init(cfg.train.device)
-    try:
+    with distributed.process_group(cfg.train.device) as env:
         splits = make_splits(cfg.data)
         # In cross-validation the vocabulary comes from every fold, so all folds share one label order.
         labels = build_labels(splits[0].train + (splits[0].val if cfg.data.cv else []), cfg.data)
@@ -59,8 +58,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if metrics[name]:
                 log.info("%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in metrics[name].items()))
         return metrics
-    finally:
-        distributed.shutdown()
 
 
 def summary(cfg: FinetuneConfig, labels: Labels, splits, folds: dict[str, dict]) -> dict:

@@ -295,8 +295,5 @@ class Pretrainer:
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) a pretraining run; returns the path of the teacher backbone it leaves."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    trainer = Pretrainer(cfg)
-    try:
-        return trainer.run()
-    finally:
-        distributed.shutdown()
+    with distributed.process_group(cfg.train.device):
+        return Pretrainer(cfg).run()

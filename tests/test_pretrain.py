@@ -55,12 +55,18 @@ def run_cli(out: Path, *overrides: str, nproc: int = 1, **popen) -> subprocess.P
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
     args = [*launcher, "-m", "pretrain", *TINY, f"output_dir={out}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, **popen)
 
 
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)  # with PYTHONFAULTHANDLER each process prints where it hangs
+        out, _ = proc.communicate()
+        pytest.fail(f"no exit after {timeout} s; the processes' last words:\n{out.decode()[-8000:]}")
     assert proc.returncode == 0, out.decode()[-3000:]
     return out.decode()
 
