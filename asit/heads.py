@@ -10,12 +10,14 @@ from einops import rearrange
 from torch import nn
 
 
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.GELU(),
-        nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int, batchnorm: bool = False) -> nn.Sequential:
+    """Linear-GELU-Linear-GELU-Linear, optionally with batch norm after the hidden linears (DINO's
+    `use_bn_in_head`). The norm uses the statistics of the batch, also in the teacher."""
+    def hidden(d_in: int) -> list[nn.Module]:
+        norm = [nn.BatchNorm1d(hidden_dim, track_running_stats=False)] if batchnorm else []
+        return [nn.Linear(d_in, hidden_dim), *norm, nn.GELU()]
+
+    return nn.Sequential(*hidden(in_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, out_dim))
 
 
 def _init_linear(m: nn.Module) -> None:
@@ -32,9 +34,10 @@ class DINOHead(nn.Module):
     bottleneck bounds the logits and keeps the distillation stable.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 batchnorm: bool = False):
         super().__init__()
-        self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim)
+        self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim, batchnorm)
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
         self.apply(_init_linear)
 

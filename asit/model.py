@@ -8,6 +8,7 @@ all, so an ablation computes exactly what it claims to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,8 +28,11 @@ class ModelConfig:
     init: str | None = None
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
+    head_batchnorm: bool = False  # batch norm in the distillation heads' MLPs (see configs/ablation/base.yaml)
     global_out_dim: int = 8192  # K of the class-token head
     local_out_dim: int = 1024  # K of the per-token head
+    # The attention kernel, never the result: SDPA on GPUs, separate ops on CPUs (asit.vit.set_attention).
+    attention: Literal["auto", "fused", "math"] = "auto"
 
 
 class ASiTNetwork(nn.Module):
@@ -65,7 +69,7 @@ def build_network(cfg: ModelConfig, input_size: tuple[int, int], *, teacher: boo
     width = backbone.embed_dim
 
     def dino(out_dim: int) -> DINOHead:
-        return DINOHead(width, out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim)
+        return DINOHead(width, out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim, cfg.head_batchnorm)
 
     return ASiTNetwork(
         backbone,

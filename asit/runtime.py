@@ -24,6 +24,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+def compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile(module)`, with every part that fails to compile (no C++ compiler, an unsupported
+    op) run eagerly with a warning instead of stopping the run."""
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(module)
+
+
 def step_seed(*parts: int) -> int:
     """A seed for the global RNG from (seed, step, rank, ...): stochastic depth and dropout draw from
     it, and seeding it per step makes a resumed run draw what an uninterrupted one would have."""

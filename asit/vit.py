@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import PatchEmbed
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
 ARCHS = {  # name -> (width, heads); all are 12 blocks deep with MLP ratio 4
@@ -68,6 +68,25 @@ def build_vit(
         reg_tokens=1 if dist_token else 0,
         embed_layer=partial(SpectrogramPatchEmbed, stride=patch_stride or patch_size),
     )
+
+
+ATTENTION = ("auto", "fused", "math")
+
+
+def set_attention(module: nn.Module, kind: str, device: torch.device) -> None:
+    """Pick the attention kernel of every timm attention layer in `module`; the result is the same.
+
+    fused: `scaled_dot_product_attention` (flash / memory-efficient kernels on GPUs). math: q k^T,
+    softmax and the product with v as separate ops, which on CPUs runs faster than the fused CPU
+    kernel at our shapes (`make bench ARGS="--set model.attention=fused"` to compare). auto: fused on
+    GPUs, math on CPUs.
+    """
+    if kind not in ATTENTION:
+        raise ValueError(f"attention: expected one of {ATTENTION}, got {kind!r}")
+    fused = kind == "fused" or (kind == "auto" and device.type != "cpu")
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = fused
 
 
 def grid_of(vit: VisionTransformer) -> tuple[int, int]:

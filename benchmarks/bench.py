@@ -487,6 +487,7 @@ def run(args) -> dict:
     p = plan(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = {"command": shlex.join(["python", *sys.argv]), "machine": machine(), "quick": args.quick,
+               "overrides": args.set,
                "shape": {"clips_per_step": CLIPS_PER_STEP, "views_per_clip": 2, "crop_seconds": CROP_SECONDS,
                          "patch": 16, "heads": {k: v for k, v in vars(ModelConfig()).items() if k.startswith(("head_", "global_", "local_"))}},
                "reference_seconds_per_step": REFERENCE_SECONDS_PER_STEP}
@@ -499,7 +500,8 @@ def run(args) -> dict:
             say(f"pretraining step: {arch} {precision}")
             profile = p["profile"] and arch == p["archs"][0] and precision == fastest_precision
             r = run_worker("step", arch=arch, precision=precision, device=device, crop_seconds=CROP_SECONDS,
-                           warmup=p["warmup"][arch], steps=p["steps"][arch], profile=profile)
+                           warmup=p["warmup"][arch], steps=p["steps"][arch], profile=profile,
+                           overrides=args.set)
             sps = r["seconds_per_step"]["median"]
             r["clips_per_s"] = CLIPS_PER_STEP / sps
             r["flops_per_s"] = r["flops"]["total"] / sps
@@ -618,6 +620,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table of one step")
     parser.add_argument("--no-inference", action="store_true", help="skip the inference comparison")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a pretraining config override for the step, e.g. model.attention=fused (repeatable)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

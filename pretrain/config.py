@@ -41,6 +41,9 @@ class TrainConfig:
     # auto: bf16 autocast on CPU and on GPUs that support it, fp16 with a grad scaler on older GPUs.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch.compile the student and the teacher: faster steps after a compile of a minute or more; what
+    # fails to compile runs eagerly instead.
+    compile: bool = False
     save_every_steps: int = 200
     log_every_steps: int = 10
     image_every_steps: int = 200  # tensorboard images of a view, its corruption and reconstruction

@@ -25,12 +25,12 @@ from asit.losses import ASiTLoss
 from asit.model import build_network, ema_update
 from asit.optim import build_adamw, set_hyperparameters
 from asit.runlog import RunLog
-from asit.runtime import autocast, resolve_precision, step_seed
+from asit.runtime import autocast, compiled, resolve_precision, step_seed
 from asit.schedules import cosine, linear_then_constant
 from asit.sources import list_audio
 from asit.synthetic import default_cache_dir, ensure_synthetic_dataset
 from asit.views import GlobalBatchSampler, PretrainViews
-from asit.vit import adapt_state_dict, grid_of
+from asit.vit import adapt_state_dict, grid_of, set_attention
 
 from .config import PretrainConfig
 
@@ -95,6 +95,8 @@ class Pretrainer:
         self.teacher.load_state_dict({k: v for k, v in self.student.state_dict().items()
                                       if not k.startswith("rec_head.")})
         self.teacher.requires_grad_(False)
+        for net in (self.student, self.teacher):
+            set_attention(net, cfg.model.attention, self.device)
 
         self.criterion = ASiTLoss(loss, cfg.model.global_out_dim, cfg.model.local_out_dim).to(self.device)
         self.optimizer = build_adamw(self.student)
@@ -103,6 +105,10 @@ class Pretrainer:
         self.start_step = self.resume()
         self.model = (DistributedDataParallel(self.student, device_ids=[self.device] if self.device.type == "cuda" else None)
                       if self.env.enabled else self.student)
+        # What runs forward: the DDP-wrapped student and the teacher, compiled if asked.
+        self.teacher_forward = self.teacher
+        if cfg.train.compile:
+            self.model, self.teacher_forward = compiled(self.model), compiled(self.teacher)
         self.runlog = RunLog(self.out, enabled=self.env.is_main)
 
     # ---- weights in and out -------------------------------------------------------------------
@@ -177,7 +183,7 @@ class Pretrainer:
 
         with autocast(self.device, self.amp_dtype):
             with torch.inference_mode():  # cheaper than no_grad: no autograd bookkeeping at all
-                teacher_out = self.teacher(clean, local_select)
+                teacher_out = self.teacher_forward(clean, local_select)
             student_out = self.model(corrupted, local_select)
             losses = self.criterion(student_out, teacher_out, clean,
                                     pixel_mask if cfg.gmml.enabled else None, s.teacher_temp[step])

@@ -112,3 +112,20 @@ def test_switching_a_loss_off_removes_its_term_and_its_head(off):
 def test_all_losses_off_is_an_error():
     with pytest.raises(ValueError, match="every term"):
         LossConfig(w_rec=0, w_local=0, w_global=0)
+
+
+def test_batchnorm_head_passes_on_what_differs_between_clips():
+    # Embeddings that share a large common part, as a barely trained class token does: without batch
+    # norm the head's outputs are almost one point for every clip (the teacher's centred targets are
+    # then uniform); with it, the differences between clips reach the prototypes.
+    from asit.heads import DINOHead
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 192) * 10 + torch.randn(64, 192)
+    spread = {}
+    for bn in (False, True):
+        head = DINOHead(192, 256, hidden_dim=128, bottleneck_dim=32, batchnorm=bn)
+        z = torch.nn.functional.normalize(head.mlp(x), dim=-1)
+        spread[bn] = z.std(dim=0).norm().item()
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == bn
+    assert spread[True] > 5 * spread[False]

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from asit.vit import WeightShapeError, adapt_state_dict, build_vit, grid_of, resample_pos_embed
+from asit.runtime import autocast
+from asit.vit import WeightShapeError, adapt_state_dict, build_vit, grid_of, resample_pos_embed, set_attention
 
 
 def coordinate_grid(f: int, t: int, prefix: int = 1) -> torch.Tensor:
@@ -125,3 +126,27 @@ def test_unknown_non_square_source_grid_is_an_error(ast_vit):
     state = build_vit("tiny", (128, 96)).state_dict()  # 8 x 6 patches, grid not given
     with pytest.raises(WeightShapeError, match="48 patch positions.*square"):
         adapt_state_dict(state, ast_vit, "src")
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_attention_kernels_compute_the_same_function(dtype):
+    vit = build_vit("tiny", (128, 96)).eval()
+    x = torch.randn(2, 1, 128, 96)
+    out = {}
+    for kind in ("fused", "math"):
+        set_attention(vit, kind, torch.device("cpu"))
+        assert all(blk.attn.fused_attn == (kind == "fused") for blk in vit.blocks)
+        with torch.no_grad(), autocast(torch.device("cpu"), dtype):
+            out[kind] = vit.forward_features(x).float()
+    tol = 1e-5 if dtype is None else 0.05  # bf16 rounds each kernel differently
+    assert (out["fused"] - out["math"]).abs().max() < tol * out["math"].abs().max()
+
+
+def test_auto_attention_is_fused_on_gpus_only():
+    vit = build_vit("tiny", (32, 32))
+    set_attention(vit, "auto", torch.device("cuda", 0))
+    assert all(blk.attn.fused_attn for blk in vit.blocks)
+    set_attention(vit, "auto", torch.device("cpu"))
+    assert not any(blk.attn.fused_attn for blk in vit.blocks)
+    with pytest.raises(ValueError, match="attention"):
+        set_attention(vit, "flash", torch.device("cpu"))
