@@ -31,7 +31,7 @@ class ModelConfig:
     head_batchnorm: bool = False  # batch norm in the distillation heads' MLPs (see configs/ablation/base.yaml)
     global_out_dim: int = 8192  # K of the class-token head
     local_out_dim: int = 1024  # K of the per-token head
-    # The attention kernel, never the result: SDPA on GPUs, separate ops on CPUs (asit.vit.set_attention).
+    # The attention kernel, never the result: separate ops for bf16 on CPUs, SDPA elsewhere (asit.vit.set_attention).
     attention: Literal["auto", "fused", "math"] = "auto"
 
 

@@ -96,7 +96,7 @@ class Pretrainer:
                                       if not k.startswith("rec_head.")})
         self.teacher.requires_grad_(False)
         for net in (self.student, self.teacher):
-            set_attention(net, cfg.model.attention, self.device)
+            set_attention(net, cfg.model.attention, self.device, self.amp_dtype)
 
         self.criterion = ASiTLoss(loss, cfg.model.global_out_dim, cfg.model.local_out_dim).to(self.device)
         self.optimizer = build_adamw(self.student)

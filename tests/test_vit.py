@@ -134,7 +134,7 @@ def test_attention_kernels_compute_the_same_function(dtype):
     x = torch.randn(2, 1, 128, 96)
     out = {}
     for kind in ("fused", "math"):
-        set_attention(vit, kind, torch.device("cpu"))
+        set_attention(vit, kind, torch.device("cpu"), dtype)
         assert all(blk.attn.fused_attn == (kind == "fused") for blk in vit.blocks)
         with torch.no_grad(), autocast(torch.device("cpu"), dtype):
             out[kind] = vit.forward_features(x).float()
@@ -142,11 +142,12 @@ def test_attention_kernels_compute_the_same_function(dtype):
     assert (out["fused"] - out["math"]).abs().max() < tol * out["math"].abs().max()
 
 
-def test_auto_attention_is_fused_on_gpus_only():
+def test_auto_attention_is_unfused_only_for_reduced_precision_on_cpus():
     vit = build_vit("tiny", (32, 32))
-    set_attention(vit, "auto", torch.device("cuda", 0))
-    assert all(blk.attn.fused_attn for blk in vit.blocks)
-    set_attention(vit, "auto", torch.device("cpu"))
-    assert not any(blk.attn.fused_attn for blk in vit.blocks)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    for device, dtype, fused in ((gpu, torch.bfloat16, True), (gpu, None, True), (cpu, None, True),
+                                 (cpu, torch.bfloat16, False), (cpu, torch.float16, False)):
+        set_attention(vit, "auto", device, dtype)
+        assert all(blk.attn.fused_attn == fused for blk in vit.blocks), (device, dtype)
     with pytest.raises(ValueError, match="attention"):
-        set_attention(vit, "flash", torch.device("cpu"))
+        set_attention(vit, "flash", cpu, None)
