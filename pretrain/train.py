@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -97,6 +98,10 @@ class Pretrainer:
         self.teacher.requires_grad_(False)
         for net in (self.student, self.teacher):
             set_attention(net, cfg.model.attention, self.device, self.amp_dtype)
+            if cfg.model.head_batchnorm and self.env.enabled and self.device.type == "cuda":
+                # Head batch norm over the global batch, as one process would see it. SyncBatchNorm is
+                # CUDA-only: CPU processes normalise by their own share of the batch.
+                nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
         self.criterion = ASiTLoss(loss, cfg.model.global_out_dim, cfg.model.local_out_dim).to(self.device)
         self.optimizer = build_adamw(self.student)
