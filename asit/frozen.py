@@ -88,3 +88,30 @@ def train_probe(probe: nn.Module, feats: torch.Tensor, targets: torch.Tensor, mu
     probe.eval()
     return history
 
+
+
+def fit_layernorm_probe(head: nn.Sequential, feats: torch.Tensor, targets: torch.Tensor, multilabel: bool,
+                        epochs: int = 100, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 256,
+                        seed: int = 0) -> list[float]:
+    """Fit `head` = (LayerNorm, Linear), AST's classifier, as a linear probe on frozen embeddings.
+
+    The linear layer is trained on layer-normed embeddings standardised per dimension with the training
+    set's statistics (a batch norm without affine before the classifier, as MoCo v3 and MAE probe): a
+    barely trained backbone's embeddings share one large component, and without standardisation the
+    probe would measure how well AdamW copes with that, not what the embeddings separate. The
+    standardisation is then folded into the linear layer (W / sigma, b - W mu / sigma) and the norm's
+    affine reset to identity, so `head` computes exactly the trained probe and drops into the model.
+    """
+    norm, linear = head
+    with torch.no_grad():
+        z = F.layer_norm(feats.float(), norm.normalized_shape, eps=norm.eps)
+        mu, sigma = z.mean(dim=0), z.std(dim=0).clamp_min(1e-6)
+    probe = nn.Linear(linear.in_features, linear.out_features)
+    history = train_probe(probe, (z - mu) / sigma, targets, multilabel, epochs, lr, weight_decay, batch_size, seed)
+    with torch.no_grad():
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
+        linear.weight.copy_(probe.weight / sigma)
+        linear.bias.copy_(probe.bias - linear.weight @ mu)
+    head.eval()
+    return history

@@ -1,10 +1,9 @@
 """Frozen evaluations of a backbone (finetune.mode=linear or knn): embed every clip once, then fit.
 
-The linear probe is the AST head itself (LayerNorm + Linear) trained on cached embeddings. The LayerNorm
-only standardises each embedding (its affine part is absorbed by the linear layer), so the probe stays
-linear while one learning rate suits any backbone; and with one embedding (cls or mean) the probe drops
-into the model as its head, so linear mode leaves a classifier checkpoint (best.pt) that predicts like
-any fine-tuned one. Concatenated features (both) have no AST head of that width: no checkpoint then.
+The linear probe is the AST head itself (LayerNorm + Linear) fitted to cached embeddings, with every
+dimension standardised over the training set (`asit.frozen.fit_layernorm_probe`), so that one
+learning rate suits any backbone; with one embedding (cls or mean) the probe drops into the model as
+its head, so linear mode leaves a classifier checkpoint (best.pt) that predicts like any fine-tuned one. Concatenated features (both) have no AST head of that width: no checkpoint then.
 k-NN has no weights to save.
 """
 
@@ -21,7 +20,7 @@ from asit.ast_model import NORM_EPS, ASTModel, classifier_checkpoint
 from asit.checkpoint import atomic_save
 from asit.config import to_dict
 from asit.distributed import Dist
-from asit.frozen import knn_scores, select_features, train_probe
+from asit.frozen import fit_layernorm_probe, knn_scores, select_features
 from asit.runlog import RunLog
 from asit.sources import AudioItem
 from asit.runtime import autocast, resolve_precision
@@ -93,12 +92,12 @@ def embed(model: ASTModel, dataset: ClipDataset, cfg: FinetuneConfig, env: Dist,
 
 def fit_probe(model: ASTModel, feats: torch.Tensor, targets: torch.Tensor, labels: Labels,
               cfg: FinetuneConfig) -> tuple[nn.Module, list[float]]:
-    """A fresh head of the model's kind (LayerNorm + Linear), trained on the cached embeddings."""
+    """A fresh head of the model's kind (LayerNorm + Linear), fitted to the cached embeddings."""
     f = cfg.finetune
     width = feats.shape[1]
     probe = (copy.deepcopy(model.head).cpu() if f.features != "both" else
              nn.Sequential(nn.LayerNorm(width, eps=NORM_EPS), nn.Linear(width, len(labels))))
-    history = train_probe(probe, feats, targets, labels.multilabel, f.probe_epochs, f.probe_lr,
-                          f.probe_weight_decay, f.probe_batch_size, cfg.seed)
+    history = fit_layernorm_probe(probe, feats, targets, labels.multilabel, f.probe_epochs, f.probe_lr,
+                                  f.probe_weight_decay, f.probe_batch_size, cfg.seed)
     log.info("linear probe: training loss %.4f -> %.4f over %d epochs", history[0], history[-1], f.probe_epochs)
     return probe, history

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from asit.frozen import classification_loss, knn_scores, select_features, train_probe
+from asit.frozen import classification_loss, fit_layernorm_probe, knn_scores, select_features, train_probe
 
 
 def clusters(num_classes: int, per_class: int, dim: int, seed: int, spread: float = 0.3):
@@ -50,6 +50,31 @@ def test_linear_probe_learns_a_separable_set():
     assert history[-1] < 0.1 * history[0]
     with torch.no_grad():
         assert (probe(test).argmax(1) == test_y).all()
+
+
+def test_layernorm_probe_reads_small_differences_and_folds_into_the_head():
+    # Embeddings as a barely trained backbone gives them: one large shared vector, the classes in small
+    # offsets on a few dimensions. Standardising per dimension makes them easy; the fitted head is
+    # then the plain LayerNorm + Linear that predicts the same.
+    train, train_y = clusters(4, 50, 12, seed=0)
+    test, test_y = clusters(4, 25, 12, seed=1)
+    shared = 100 * torch.randn(64, generator=torch.Generator().manual_seed(2))
+    lift = torch.randn(12, 64, generator=torch.Generator().manual_seed(3)) * 0.02
+    train, test = shared + train @ lift, shared + test @ lift
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 4))
+    with torch.no_grad():
+        head[0].weight.fill_(3.0)  # whatever the head held before is replaced
+    history = fit_layernorm_probe(head, train, torch.eye(4)[train_y], multilabel=False, epochs=40, lr=3e-2,
+                                  batch_size=100)
+    assert history[-1] < 0.1 * history[0]
+    assert torch.equal(head[0].weight, torch.ones(64))
+    with torch.no_grad():
+        assert (head(test).argmax(1) == test_y).all()
+    plain = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 4))
+    plain_history = train_probe(plain, train, torch.eye(4)[train_y], multilabel=False, epochs=40, lr=3e-2,
+                                batch_size=100)
+    assert plain_history[-1] > 5 * history[-1]
 
 
 def test_linear_probe_multilabel_learns_independent_tags():
