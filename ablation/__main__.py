@@ -152,6 +152,9 @@ def mean_std(values: list[float]) -> str:
 
 def table(budget: Budget, command: str) -> str:
     root = results_root(budget)
+    results = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/result.json"))]
+    steps = sorted({r["pretrain_steps"] for r in results if "pretrain_steps" in r})
+    minutes = sum(r["seconds"] for r in results) / 60
     lines = [
         f"# ASiT ablations in miniature ({budget.name} budget)", "",
         f"Made by `{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
@@ -163,6 +166,8 @@ def table(budget: Budget, command: str) -> str:
         "teacher" + (f", and a {budget.finetune_epochs}-epoch fine-tune" if budget.finetune_epochs else "") +
         ". Paper: AS-20K mAP after fine-tuning a ViT-S pretrained on AudioSet (Table II). "
         "Entropy: the teacher's final output entropy as a fraction of ln K (near 0 or 1 = collapse).", "",
+        f"Budget: {', '.join(map(str, steps)) or '-'} pretraining steps of 32 clips per row; "
+        f"{len(results)} runs took {minutes:.0f} min in all.", "",
         "| row | what | paper | linear | k-NN | fine-tune | entropy | seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
