@@ -197,3 +197,21 @@ def test_init_from_an_earlier_teacher_continues_from_its_weights(tmp_path):
                                 f"model.init={tmp_path / 'first' / 'teacher_backbone.pt'}"))
     for k, v in trainer.teacher.backbone.state_dict().items():
         assert torch.equal(v, teacher[k]), k
+
+
+def test_fast_bf16_step_computes_what_the_fp32_step_computes(tmp_path):
+    # The fast path changes kernels (bf16 autocast; attention as separate ops on a CPU), not results:
+    # two steps from the same weights, data and corruption give the same losses and logits within
+    # bf16 rounding.
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        trainer = Pretrainer(config(f"output_dir={tmp_path / precision}", f"train.precision={precision}",
+                                    "data.synthetic_clips=8", "train.batch_size=4", "model.drop_path=0"))
+        attn = trainer.student.backbone.blocks[0].attn
+        assert attn.fused_attn == (precision == "fp32")
+        runs[precision] = [trainer.train_step(batch, step) for step, batch in zip(range(2), trainer.loader())]
+    for (a, out_a), (b, out_b) in zip(runs["fp32"], runs["bf16"]):
+        for key in ("rec", "local", "global"):
+            assert b[key].item() == pytest.approx(a[key].item(), rel=1e-2), key
+        logits_a, logits_b = out_a["student"]["global"].float(), out_b["student"]["global"].float()
+        assert (logits_a - logits_b).abs().max() < 0.1 * logits_a.std()
