@@ -89,7 +89,6 @@ def train_probe(probe: nn.Module, feats: torch.Tensor, targets: torch.Tensor, mu
     return history
 
 
-
 def fit_layernorm_probe(head: nn.Sequential, feats: torch.Tensor, targets: torch.Tensor, multilabel: bool,
                         epochs: int = 100, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 256,
                         seed: int = 0) -> list[float]:
