@@ -104,7 +104,8 @@ def export_hf(classifier_ckpt_path: str | Path, out_dir: str | Path) -> Path:
     cfg = model.cfg
     source = str(classifier_ckpt_path)
     if cfg.pool != "token":
-        raise ValueError(f"{source}: pool={cfg.pool!r} has no Hugging Face equivalent (it pools (cls + dist) / 2)")
+        raise ValueError(f"{source}: pool={cfg.pool!r} has no Hugging Face equivalent (its AST reads (cls + dist) / 2);"
+                         f" fine-tune with model.pool=token to export")
     if not cfg.dist_token:
         raise ValueError(f"{source}: the model has no distillation token, which Hugging Face's AST always has")
     if cfg.num_classes == 0:

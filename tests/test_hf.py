@@ -10,8 +10,12 @@ from safetensors.torch import load_file  # noqa: E402
 from asit.ast_model import ASTConfig, ASTModel, classifier_checkpoint, load_classifier  # noqa: E402
 from asit.audio import load_audio  # noqa: E402
 from asit.checkpoint import atomic_save  # noqa: E402
+from asit.config import load_config  # noqa: E402
 from asit.features import FrontEndConfig, clip_features, normalise  # noqa: E402
 from asit.hf import export_hf, import_hf  # noqa: E402
+from conftest import REPO  # noqa: E402
+from finetune.config import FinetuneConfig  # noqa: E402
+from finetune.model import build_model  # noqa: E402
 
 LABELS = ["yes", "no", "up", "down"]
 FRONTEND = FrontEndConfig(mean=-5.5, std=3.25)  # not AudioSet's, so a lost setting shows
@@ -53,21 +57,36 @@ def test_export_writes_safetensors_and_hf_configs(exported):
     assert (extractor["mean"], extractor["std"], extractor["max_length"]) == (-5.5, 3.25, 100)
 
 
-def test_exported_model_gives_asit_logits_in_transformers(exported, fsdd):
-    ckpt, hf_dir = exported
+def assert_transformers_matches(ckpt, hf_dir, waves):
+    """transformers, fed by its own feature extractor, gives asit's logits (from asit's front end)."""
     model, frontend, _, _ = load_classifier(ckpt)
     hf_model = transformers.ASTForAudioClassification.from_pretrained(hf_dir).eval()
     extractor = transformers.ASTFeatureExtractor.from_pretrained(hf_dir)
-    waves = fsdd_waves(fsdd)
 
     hf_inputs = extractor([w.numpy() for w in waves], sampling_rate=16000, return_tensors="pt")
-    ours = torch.stack([clip_features(w, frontend, 100) for w in waves])[:, None]  # [B, 1, F, T]
+    ours = torch.stack([clip_features(w, frontend, model.cfg.num_frames) for w in waves])[:, None]  # [B, 1, F, T]
     with torch.no_grad():
         expected = model(ours)
         got = hf_model(**hf_inputs).logits
 
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert expected.std() > 0.1  # the logits differ between clips: a real comparison
+
+
+def test_exported_model_gives_asit_logits_in_transformers(exported, fsdd):
+    ckpt, hf_dir = exported
+    assert_transformers_matches(ckpt, hf_dir, fsdd_waves(fsdd))
+
+
+def test_the_laptop_recipe_exports_with_equal_logits(tmp_path, fsdd):
+    # What `configs/finetune/tiny_fsdd.yaml` trains (stride 16, 96 frames) must be exportable as it is.
+    cfg = load_config(FinetuneConfig, REPO / "configs" / "finetune" / "tiny_fsdd.yaml", ["model.init=null"])
+    torch.manual_seed(2)
+    model, frontend = build_model(cfg, num_classes=len(LABELS))
+    randomise(model)
+    atomic_save(classifier_checkpoint(model, model.cfg, frontend, LABELS, multilabel=False), tmp_path / "best.pt")
+    export_hf(tmp_path / "best.pt", tmp_path / "hf")
+    assert_transformers_matches(tmp_path / "best.pt", tmp_path / "hf", fsdd_waves(fsdd))
 
 
 def test_clip_features_match_ast_feature_extractor_on_real_audio(fsdd):
