@@ -37,11 +37,17 @@ class DINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  batchnorm: bool = False):
         super().__init__()
+        self.batchnorm = batchnorm
         self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim, batchnorm)
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
         self.apply(_init_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., D] -> [..., K]
+        if self.batchnorm and x[..., 0].numel() < 2:
+            # Otherwise torch's own error, which does not say which setting is at fault.
+            raise ValueError(f"a DINO head with batch norm needs at least 2 inputs per process, got "
+                             f"{x[..., 0].numel()} (few clips and few corrupted tokens): raise train.batch_size "
+                             f"or the corruption ratio, or set model.head_batchnorm=false")
         x = F.normalize(self.mlp(x), dim=-1)
         return F.linear(x, F.normalize(self.last_layer.weight, dim=-1))
 

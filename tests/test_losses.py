@@ -129,3 +129,13 @@ def test_batchnorm_head_passes_on_what_differs_between_clips():
         spread[bn] = z.std(dim=0).norm().item()
         assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == bn
     assert spread[True] > 5 * spread[False]
+
+
+def test_a_batchnorm_head_given_one_input_names_the_settings_to_change():
+    from asit.heads import DINOHead
+
+    head = DINOHead(192, 256, hidden_dim=128, bottleneck_dim=32, batchnorm=True)
+    assert head(torch.randn(2, 192)).shape == (2, 256)
+    with pytest.raises(ValueError, match="head_batchnorm=false"):
+        head(torch.randn(1, 192))
+    assert DINOHead(192, 256, hidden_dim=128, bottleneck_dim=32)(torch.randn(1, 192)).shape == (1, 256)
