@@ -1,4 +1,7 @@
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 from asit.config import load_config
@@ -39,4 +42,29 @@ def test_table_reports_mean_and_std_over_seeds(tmp_path, monkeypatch):
     row = next(line for line in text.splitlines() if line.startswith("| full |"))
     assert "| 60.0 ± 10.0 | 40.0 ± 0.0 | - | 0.50 | 2 |" in row
     assert "make ablations-quick" in text
-    assert "158 pretraining steps of 32 clips per row; 2 runs took 3 min in all" in text
+    assert "158 pretraining steps of 32 clips per row; 2 runs took 3 min in all (summed over runs)" in text
+
+
+def test_jobs_run_rows_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fsdd" / "recordings").mkdir(parents=True)
+    monkeypatch.setenv("DATA", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "unset")
+    monkeypatch.delenv("OMP_NUM_THREADS")  # restored (to absent, if it was) after the test
+    lock, running, seen = threading.Lock(), [0], []
+
+    def fake_run_row(row, seed, budget, held_out, root):
+        with lock:
+            running[0] += 1
+            seen.append((running[0], os.environ.get("OMP_NUM_THREADS")))
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return {"row": row.name, "seed": seed}
+
+    monkeypatch.setattr(ablation, "run_row", fake_run_row)
+    assert ablation.main(["run", "rec", "full", "--seeds", "0", "1", "--jobs", "2"]) == 0
+
+    assert max(n for n, _ in seen) == 2 and len(seen) == 4
+    assert {threads for _, threads in seen} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["row"], r["seed"]) for r in printed] == [("rec", 0), ("rec", 1), ("full", 0), ("full", 1)]
