@@ -77,7 +77,8 @@ def load_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         return obj["model"], meta
     if "teacher" in obj and isinstance(obj["teacher"], dict):
         meta = {"frontend": obj.get("frontend"), "grid": obj.get("grid"), "arch": obj.get("arch"),
-                "patch_size": obj.get("patch_size"), "patch_stride": obj.get("patch_size")}
+                "patch_size": obj.get("patch_size"),
+                "patch_stride": obj.get("patch_size")}  # pretraining's patches never overlap
         return _strip(obj["teacher"], "backbone."), meta
     for key in ("model", "state_dict"):
         if key in obj and isinstance(obj[key], dict):

@@ -189,12 +189,16 @@ def test_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
         Pretrainer(config(f"output_dir={out}", *base, "model.global_out_dim=32"))
 
 
-def test_init_from_an_earlier_teacher_continues_from_its_weights(tmp_path):
+@pytest.mark.parametrize("init_file", ["teacher_backbone.pt", "checkpoint.pt"])
+def test_init_from_an_earlier_teacher_continues_from_its_weights(tmp_path, init_file):
+    # checkpoint.pt holds student and teacher: the teacher must be the one taken.
     base = ["train.batch_size=4", "data.synthetic_clips=32", "train.epochs=1", "train.max_steps=1"]
     pretrain(config(f"output_dir={tmp_path / 'first'}", *base))
     teacher = load(tmp_path / "first" / "teacher_backbone.pt")["model"]
+    student = load(tmp_path / "first" / "checkpoint.pt")["student"]
+    assert not torch.equal(student["backbone.cls_token"], teacher["cls_token"])
     trainer = Pretrainer(config(f"output_dir={tmp_path / 'second'}", *base,
-                                f"model.init={tmp_path / 'first' / 'teacher_backbone.pt'}"))
+                                f"model.init={tmp_path / 'first' / init_file}"))
     for k, v in trainer.teacher.backbone.state_dict().items():
         assert torch.equal(v, teacher[k]), k
 
