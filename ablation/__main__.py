@@ -1,14 +1,21 @@
 """ASiT's Table II in miniature: pretrain a ViT-tiny per row on one fixed budget, then judge its teacher.
 
-    python -m ablation run ROW [--seed S] [--quick]     one row (skipped if its result exists)
-    python -m ablation all [--seeds 0 1 2] [--quick] [--jobs N]    every row, resumable
-    python -m ablation table [--quick]                  results/ablations[-quick].md
+    python -m ablation run ROW... [--seeds S...] [--quick]    rows (each skipped if its result exists)
+    python -m ablation all [--seeds 0 1 2] [--quick] [--jobs N]  every row, resumable, then the table
+    python -m ablation table [--quick]                         results/ablations[-quick].md
 
 Pretraining data: the FSDD takes 5-49 (the data set's train split) of every speaker but the held-out
 one, plus the Speech Commands sample, all as unlabelled audio. Evaluation: FSDD with one speaker held out
 (test = every take of that speaker; speaker-independent, harder than the data set's own split), by a
 linear probe and a k-NN on the frozen teacher, and (full budget only) a short fine-tune. The held-out
 speaker is never heard in pretraining.
+
+Other data: DATA=/path (a folder laid out as the project's shared/data), or overrides of the pretraining
+and evaluation configs with a results folder of their own, e.g.
+
+    python -m ablation all --runs runs/ablations-mine --pretrain-set data.train=/my/unlabelled \\
+        --eval-set data.train=/my/train.csv --eval-set data.val=/my/val.csv \\
+        --eval-set data.test=/my/test.csv --eval-set data.fsdd_split=null
 """
 
 from __future__ import annotations
@@ -108,8 +115,25 @@ def final_entropy(run_dir: Path) -> float | None:
     return values[0] if values else None
 
 
-def run_row(row: Row, seed: int, budget: Budget, held_out: str, root: Path) -> dict:
-    out = root / row.name / f"seed{seed}"
+@dataclass(frozen=True)
+class Plan:
+    """What every row shares: budget, held-out speaker, where results go, and the user's overrides."""
+    budget: Budget
+    held_out: str
+    root: Path
+    pretrain_set: tuple[str, ...] = ()  # key=value overrides of every row's pretraining config
+    eval_set: tuple[str, ...] = ()  # ... and of the evaluations' (configs/finetune/tiny_fsdd.yaml)
+
+    def default_data(self) -> list[str]:
+        """Which of the shared-data defaults are in use: the others are overridden."""
+        overridden = lambda sets: any(o.split("=", 1)[0].strip() == "data.train" for o in sets)  # noqa: E731
+        return [name for name, sets in (("pretraining", self.pretrain_set), ("evaluation", self.eval_set))
+                if not overridden(sets)]
+
+
+def run_row(row: Row, seed: int, plan: Plan) -> dict:
+    budget, held_out = plan.budget, plan.held_out
+    out = plan.root / row.name / f"seed{seed}"
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -119,22 +143,24 @@ def run_row(row: Row, seed: int, budget: Budget, held_out: str, root: Path) -> d
     init = "null"
     if row.name != "scratch":
         pre = out / "pretrain"
+        data = [f"data.train={pretraining_csv(out, held_out)}"] if "pretraining" in plan.default_data() else []
         run([sys.executable, "-m", "pretrain", "--config", str(CONFIGS / "base.yaml"),
-             "--config", str(CONFIGS / f"{row.name}.yaml"), f"data.train={pretraining_csv(out, held_out)}",
-             f"output_dir={pre}", f"seed={seed}", *budget.pretrain], log)
+             "--config", str(CONFIGS / f"{row.name}.yaml"), *data,
+             f"output_dir={pre}", f"seed={seed}", *budget.pretrain, *plan.pretrain_set], log)
         init = str(pre / "teacher_backbone.pt")
         result["entropy_frac"] = final_entropy(pre)
         result["pretrain_steps"] = json.loads((pre / "log.jsonl").read_text().splitlines()[-1])["step"]
+    data = ([f"data.train={data_root() / 'fsdd' / 'recordings'}", f"data.fsdd_split=speaker:{held_out}"]
+            if "evaluation" in plan.default_data() else [])
     evaluate = [sys.executable, "-m", "finetune", "--config", str(REPO / "configs" / "finetune" / "tiny_fsdd.yaml"),
-                f"data.train={data_root() / 'fsdd' / 'recordings'}", f"data.fsdd_split=speaker:{held_out}",
-                f"model.init={init}", f"seed={seed}"]
+                *data, f"model.init={init}", f"seed={seed}"]
     modes = {"linear": [], "knn": []}
     if budget.finetune_epochs:
         # Mean pooling: in 4 epochs the class token of a briefly pretrained tiny backbone barely learns
         # (val accuracy 0.18 vs 0.53 with the mean), so the fine-tune would judge nothing.
         modes["full"] = [f"train.epochs={budget.finetune_epochs}", "model.pool=mean"]
     for mode, extra in modes.items():
-        run([*evaluate, f"finetune.mode={mode}", f"output_dir={out / mode}", *extra], log)
+        run([*evaluate, f"finetune.mode={mode}", f"output_dir={out / mode}", *extra, *plan.eval_set], log)
         metrics = json.loads((out / mode / "metrics.json").read_text())
         result[mode] = metrics["test"]["accuracy"]
     result["seconds"] = round(time.time() - tic)
@@ -142,7 +168,7 @@ def run_row(row: Row, seed: int, budget: Budget, held_out: str, root: Path) -> d
     return result
 
 
-def results_root(budget: Budget) -> Path:
+def default_runs(budget: Budget) -> Path:
     return REPO / "runs" / "ablations" / budget.name
 
 
@@ -153,19 +179,22 @@ def mean_std(values: list[float]) -> str:
     return f"{pct.mean():.1f}" if len(pct) == 1 else f"{pct.mean():.1f} ± {pct.std():.1f}"
 
 
-def table(budget: Budget, command: str) -> str:
-    root = results_root(budget)
-    results = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/result.json"))]
+def table(plan: Plan, command: str) -> str:
+    budget, defaults = plan.budget, plan.default_data()
+    results = [json.loads(p.read_text()) for p in sorted(plan.root.glob("*/seed*/result.json"))]
     steps = sorted({r["pretrain_steps"] for r in results if "pretrain_steps" in r})
     minutes = sum(r["seconds"] for r in results) / 60
+    pretrain_data = ("on FSDD takes 5-49 of five speakers + the Speech Commands sample" if "pretraining" in defaults
+                     else "on the data of the command's overrides")
+    eval_data = (f"FSDD digits with one speaker held out ({plan.held_out}: test = all 500 of its clips)"
+                 if "evaluation" in defaults else "the data of the command's overrides")
     lines = [
         f"# ASiT ablations in miniature ({budget.name} budget)", "",
         f"Made by `{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.", "",
         "Pretraining: ViT-tiny, 1 s views, `configs/ablation/base.yaml` "
-        f"(+ `{' '.join(budget.pretrain) or 'no overrides'}`), the same steps for every row, on FSDD takes 5-49 "
-        "of five speakers + the Speech Commands sample. Evaluation: FSDD digits with one speaker held out "
-        "(test = all 500 clips of that speaker), test accuracy in %: linear probe and 20-NN on the frozen "
+        f"(+ `{' '.join(budget.pretrain) or 'no overrides'}`), the same steps for every row, {pretrain_data}. "
+        f"Evaluation: {eval_data}, test accuracy in %: linear probe and 20-NN on the frozen "
         "teacher" + (f", and a {budget.finetune_epochs}-epoch fine-tune" if budget.finetune_epochs else "") +
         ". Paper: AS-20K mAP after fine-tuning a ViT-S pretrained on AudioSet (Table II). "
         "Entropy: the teacher's final output entropy as a fraction of ln K (near 0 or 1 = collapse).", "",
@@ -175,7 +204,7 @@ def table(budget: Budget, command: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
-        found = [json.loads(p.read_text()) for p in sorted((root / row.name).glob("seed*/result.json"))]
+        found = [json.loads(p.read_text()) for p in sorted((plan.root / row.name).glob("seed*/result.json"))]
         if not found:
             continue
         entropy = [r["entropy_frac"] for r in found if r.get("entropy_frac") is not None]
@@ -196,33 +225,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the short budget, one fine-tune-free pass")
     parser.add_argument("--jobs", type=int, default=1, help="rows run side by side, sharing the cores")
     parser.add_argument("--held-out", default="george", help="the FSDD speaker never heard in pretraining")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override every row's pretraining config (repeatable), e.g. data.train=/my/audio")
+    parser.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the evaluations' config, configs/finetune/tiny_fsdd.yaml (repeatable)")
+    parser.add_argument("--runs", type=Path, help="results folder (default runs/ablations/<budget>); required "
+                        "with overrides, so that their results never mix with the default's")
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     budget = BUDGETS["quick" if args.quick else "full"]
     unknown = [r for r in args.rows if r not in BY_NAME]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(BY_NAME)}")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    custom = bool(args.pretrain_set or args.eval_set)
+    if custom and args.runs is None:
+        parser.error("--pretrain-set / --eval-set change the results: give them a folder of their own with --runs")
+    plan = Plan(budget, args.held_out, (args.runs or default_runs(budget)).resolve(),
+                tuple(args.pretrain_set), tuple(args.eval_set))
     if args.command in ("run", "all"):
-        if not (data_root() / "fsdd" / "recordings").is_dir():
-            parser.error(f"no FSDD recordings under {data_root()}: set DATA=/path/to/shared/data")
+        if plan.default_data() and not (data_root() / "fsdd" / "recordings").is_dir():
+            parser.error(f"no FSDD recordings under {data_root()} (the {' and '.join(plan.default_data())} "
+                         f"data): set DATA=/path/to/shared/data, or override data.train")
         if args.jobs > 1:
             # Small models use many cores poorly: on 2 cores, two 1-thread runs side by side finish 1.3x
             # sooner than one after the other with 2 threads each.
             os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
         pool = ThreadPoolExecutor(args.jobs)
         try:
-            runs = [pool.submit(run_row, BY_NAME[name], seed, budget, args.held_out, results_root(budget))
+            runs = [pool.submit(run_row, BY_NAME[name], seed, plan)
                     for name in args.rows or list(BY_NAME) for seed in args.seeds]
             for future in runs:
                 print(json.dumps(future.result()), flush=True)
         finally:
             pool.shutdown(cancel_futures=True)  # after a failure, start nothing more
     if args.command in ("all", "table"):
-        command = "make ablations-quick" if args.quick else "make ablations"
-        out = REPO / "results" / f"ablations{'-quick' if args.quick else ''}.md"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(table(budget, command))
+        if custom or args.runs is not None:
+            command = shlex.join(["python", "-m", "ablation", *(argv if argv is not None else sys.argv[1:])])
+            out = plan.root / "table.md"
+        else:
+            command = "make ablations-quick" if args.quick else "make ablations"
+            out = REPO / "results" / f"ablations{'-quick' if args.quick else ''}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table(plan, command))
         print(f"wrote {out}")
     return 0
 

@@ -4,6 +4,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from asit.config import load_config
 from asit.sources import list_audio
 from pretrain.config import PretrainConfig
@@ -32,13 +34,12 @@ def test_pretraining_never_hears_the_held_out_speaker(fsdd, tmp_path, monkeypatc
 
 
 def test_table_reports_mean_and_std_over_seeds(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "results_root", lambda budget: tmp_path)
     for seed, acc in enumerate([0.5, 0.7]):
         out = tmp_path / "full" / f"seed{seed}"
         out.mkdir(parents=True)
         (out / "result.json").write_text(json.dumps({"linear": acc, "knn": 0.4, "entropy_frac": 0.5,
                                                      "pretrain_steps": 158, "seconds": 90}))
-    text = ablation.table(ablation.BUDGETS["quick"], "make ablations-quick")
+    text = ablation.table(ablation.Plan(ablation.BUDGETS["quick"], "george", tmp_path), "make ablations-quick")
     row = next(line for line in text.splitlines() if line.startswith("| full |"))
     assert "| 60.0 ± 10.0 | 40.0 ± 0.0 | - | 0.50 | 2 |" in row
     assert "make ablations-quick" in text
@@ -52,7 +53,7 @@ def test_jobs_run_rows_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypatc
     monkeypatch.delenv("OMP_NUM_THREADS")  # restored (to absent, if it was) after the test
     lock, running, seen = threading.Lock(), [0], []
 
-    def fake_run_row(row, seed, budget, held_out, root):
+    def fake_run_row(row, seed, plan):
         with lock:
             running[0] += 1
             seen.append((running[0], os.environ.get("OMP_NUM_THREADS")))
@@ -68,3 +69,47 @@ def test_jobs_run_rows_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypatc
     assert {threads for _, threads in seen} == {str(max(1, (os.cpu_count() or 1) // 2))}
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["row"], r["seed"]) for r in printed] == [("rec", 0), ("rec", 1), ("full", 0), ("full", 1)]
+
+
+def fake_run(commands):
+    """Stands in for ablation.run: records each command and leaves the files a real one would."""
+    def run(args, log):
+        commands.append(args)
+        out = Path(next(a for a in args if a.startswith("output_dir=")).split("=", 1)[1])
+        out.mkdir(parents=True, exist_ok=True)
+        if "pretrain" in args:
+            (out / "log.jsonl").write_text(json.dumps({"step": 7, "collapse/global_entropy_frac": 0.5}) + "\n")
+        else:
+            (out / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.25}}))
+    return run
+
+
+def test_overrides_replace_the_shared_data_and_need_a_folder_of_their_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DATA", str(tmp_path / "nothing"))  # no shared data needed once both are overridden
+    commands = []
+    monkeypatch.setattr(ablation, "run", fake_run(commands))
+    mine = ["--pretrain-set", "data.train=/my/audio", "--eval-set", "data.train=/my/train.csv",
+            "--eval-set", "data.fsdd_split=null"]
+    with pytest.raises(SystemExit):
+        ablation.main(["run", "full", *mine])  # no --runs: would mix with the default results
+    assert "--runs" in capsys.readouterr().err and not commands
+
+    assert ablation.main(["all", "full", *mine, "--runs", str(tmp_path / "mine")]) == 0
+
+    pretrain, *evaluations = commands
+    assert "data.train=/my/audio" in pretrain and not any(a.endswith("pretrain.csv") for a in pretrain)
+    assert len(evaluations) == 3  # linear, knn, fine-tune
+    for args in evaluations:
+        assert args[-2:] == ["data.train=/my/train.csv", "data.fsdd_split=null"]  # last, so they win
+        assert not any("speaker:" in a or "fsdd/recordings" in a for a in args)
+    result = json.loads((tmp_path / "mine" / "full" / "seed0" / "result.json").read_text())
+    assert result["linear"] == result["knn"] == result["full"] == 0.25 and result["pretrain_steps"] == 7
+    text = (tmp_path / "mine" / "table.md").read_text()
+    assert "--pretrain-set data.train=/my/audio" in text and "the data of the command's overrides" in text
+
+
+def test_without_shared_data_the_error_says_what_to_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DATA", str(tmp_path))
+    with pytest.raises(SystemExit):
+        ablation.main(["run", "full", "--runs", str(tmp_path / "r"), "--pretrain-set", "data.train=/my/audio"])
+    assert "evaluation data" in capsys.readouterr().err
