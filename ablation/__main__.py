@@ -125,10 +125,9 @@ class Plan:
     eval_set: tuple[str, ...] = ()  # ... and of the evaluations' (configs/finetune/tiny_fsdd.yaml)
 
     def default_data(self) -> list[str]:
-        """Which of the shared-data defaults are in use: the others are overridden."""
-        overridden = lambda sets: any(o.split("=", 1)[0].strip() == "data.train" for o in sets)  # noqa: E731
-        return [name for name, sets in (("pretraining", self.pretrain_set), ("evaluation", self.eval_set))
-                if not overridden(sets)]
+        """Which of the shared-data defaults are in use ("pretraining", "evaluation"): not overridden."""
+        return [name for name, overrides in (("pretraining", self.pretrain_set), ("evaluation", self.eval_set))
+                if not any(o.split("=", 1)[0].strip() == "data.train" for o in overrides)]
 
 
 def run_row(row: Row, seed: int, plan: Plan) -> dict:
