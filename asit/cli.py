@@ -1,8 +1,8 @@
 """The `asit` command: data statistics, inference and Hugging Face conversion.
 
     asit stats DATA [--sample-rate 16000] [--max-files N]
-    asit predict CKPT FILE... [--top-k 5]
-    asit embed CKPT FILE... -o out.npy [--pool token|mean]
+    asit predict CKPT FILE|FOLDER... [--top-k 5]
+    asit embed CKPT FILE|FOLDER... -o out.npy [--pool token|mean]     (+ out.txt: the files, in row order)
     asit export-hf CKPT DIR
     asit import-hf DIR CKPT [--multilabel | --single-label]
 
@@ -29,6 +29,7 @@ from .features import FrontEndConfig, clip_fbank, clip_windows
 from .sources import list_audio
 
 BATCH = 16  # windows per forward pass: bounded memory for files of any length
+FILES_HELP = "audio files, or folders (every audio file under them, in sorted order)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,15 +55,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k labels of audio files with a classifier checkpoint")
     p.add_argument("ckpt")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help=FILES_HELP)
     p.add_argument("--top-k", type=_positive, default=5)
     p.add_argument("--device", default=_default_device())
     p.set_defaults(run=predict)
 
     p = sub.add_parser("embed", help="clip embeddings from a classifier or a pretrained backbone")
     p.add_argument("ckpt", help="a classifier checkpoint, a teacher_backbone.pt or a checkpoint.pt")
-    p.add_argument("files", nargs="+")
-    p.add_argument("-o", "--output", required=True, help=".npy file for the [N, D] float32 embeddings")
+    p.add_argument("files", nargs="+", help=FILES_HELP)
+    p.add_argument("-o", "--output", required=True,
+                   help=".npy file for the [N, D] float32 embeddings; the N files go to the same name .txt")
     p.add_argument("--pool", choices=sorted(POOLS), default="token",
                    help="token: (cls + dist) / 2; mean: the mean of the patch tokens")
     p.add_argument("--device", default=_default_device())
@@ -124,7 +126,7 @@ def predict(args) -> None:
     model, frontend, labels, multilabel = load_classifier(args.ckpt)
     activation = torch.sigmoid if multilabel else (lambda z: z.softmax(dim=-1))
     model.to(args.device)
-    for path in args.files:
+    for path in _audio_files(args.files):
         scores = _average_windows(model, frontend, path, lambda x: activation(model(x)), args.device)
         top = scores.topk(min(args.top_k, len(labels)))
         print(path)
@@ -141,12 +143,13 @@ def embed(args) -> None:
         model, frontend = ast_from_backbone(state, meta, args.ckpt)
     model.to(args.device)
     key = POOLS[args.pool]
-    rows = [_average_windows(model, frontend, path, lambda x: model.embed(x)[key], args.device)
-            for path in args.files]
+    paths = _audio_files(args.files)
+    rows = [_average_windows(model, frontend, path, lambda x: model.embed(x)[key], args.device) for path in paths]
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, torch.stack(rows).numpy().astype(np.float32))
-    print(f"wrote {len(rows)} x {rows[0].shape[0]} embeddings to {out}")
+    out.with_suffix(".txt").write_text("".join(f"{path}\n" for path in paths))
+    print(f"wrote {len(rows)} x {rows[0].shape[0]} embeddings to {out} (their files: {out.with_suffix('.txt')})")
 
 
 def export_hf(args) -> None:
@@ -157,6 +160,14 @@ def import_hf(args) -> None:
     ckpt = hf.import_hf(args.dir, args.ckpt, multilabel=args.multilabel)
     kind = "multi-label" if ckpt["multilabel"] else "single-label"
     print(f"wrote {args.ckpt}: {ckpt['ast']['arch']}, {len(ckpt['labels'])} labels, {kind}")
+
+
+def _audio_files(args: list[str]) -> list[str]:
+    """The files named, with each folder replaced by the audio files under it."""
+    paths = []
+    for arg in args:
+        paths += [item.path for item in list_audio(arg)] if Path(arg).is_dir() else [arg]
+    return paths
 
 
 @torch.no_grad()

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -107,6 +109,24 @@ def test_embed_classifier_writes_one_row_per_file(single_label, files, tmp_path)
     with torch.no_grad():
         expected = model.embed(windows)["mean"].mean(0)
     np.testing.assert_allclose(emb[1], expected.numpy(), atol=1e-5)
+
+
+def test_folders_stand_for_the_audio_files_under_them(single_label, files, tmp_path, capsys):
+    folder = Path(files[0]).parent  # short.wav, long.wav, other_rate.wav
+    out = tmp_path / "e.npy"
+    assert main(["embed", single_label, str(folder), files[0], "-o", str(out), "--device", "cpu"]) == 0
+    listed = (tmp_path / "e.txt").read_text().splitlines()
+    assert [Path(p).name for p in listed] == ["long.wav", "other_rate.wav", "short.wav", "short.wav"]
+    emb = np.load(out)
+    assert emb.shape == (4, 192) and np.array_equal(emb[2], emb[3])  # rows follow the listed files
+
+    capsys.readouterr()
+    assert main(["predict", single_label, str(folder), "--device", "cpu"]) == 0
+    assert list(parse_predictions(capsys.readouterr().out)) == listed[:3]
+
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", single_label, str(tmp_path / "empty"), "--device", "cpu"]) == 1
+    assert "no audio files" in capsys.readouterr().err
 
 
 def test_embed_a_teacher_backbone(files, tmp_path):
