@@ -41,7 +41,7 @@ def test_table_reports_mean_and_std_over_seeds(tmp_path, monkeypatch):
                                                      "pretrain_steps": 158, "seconds": 90}))
     text = ablation.table(ablation.Plan(ablation.BUDGETS["quick"], "george", tmp_path), "make ablations-quick")
     row = next(line for line in text.splitlines() if line.startswith("| full |"))
-    assert "| 60.0 ± 10.0 | 40.0 ± 0.0 | - | 0.50 | 2 |" in row
+    assert "| 60.0 ± 10.0 | 40.0 ± 0.0 | - | - | - | 0.50 | 2 |" in row
     assert "make ablations-quick" in text
     assert "158 pretraining steps of 32 clips per row; 2 runs took 3 min in all (summed over runs)" in text
 
@@ -98,12 +98,13 @@ def test_overrides_replace_the_shared_data_and_need_a_folder_of_their_own(tmp_pa
 
     pretrain, *evaluations = commands
     assert "data.train=/my/audio" in pretrain and not any(a.endswith("pretrain.csv") for a in pretrain)
-    assert len(evaluations) == 3  # linear, knn, fine-tune
+    assert len(evaluations) == 5  # linear and knn on the class token and on the mean, fine-tune
     for args in evaluations:
         assert args[-2:] == ["data.train=/my/train.csv", "data.fsdd_split=null"]  # last, so they win
         assert not any("speaker:" in a or "fsdd/recordings" in a for a in args)
     result = json.loads((tmp_path / "mine" / "full" / "seed0" / "result.json").read_text())
-    assert result["linear"] == result["knn"] == result["full"] == 0.25 and result["pretrain_steps"] == 7
+    assert {result[k] for k in ("linear", "knn", "linear_mean", "knn_mean", "full")} == {0.25}
+    assert result["pretrain_steps"] == 7
     text = (tmp_path / "mine" / "table.md").read_text()
     assert "--pretrain-set data.train=/my/audio" in text and "the data of the command's overrides" in text
 
@@ -113,3 +114,25 @@ def test_without_shared_data_the_error_says_what_to_set(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         ablation.main(["run", "full", "--runs", str(tmp_path / "r"), "--pretrain-set", "data.train=/my/audio"])
     assert "evaluation data" in capsys.readouterr().err
+
+
+def test_a_row_runs_only_what_its_result_lacks(tmp_path, monkeypatch):
+    # A row finished before the mean-token probes existed: no pretraining again, only the two probes.
+    out = tmp_path / "full" / "seed0"
+    out.mkdir(parents=True)
+    done = {"row": "full", "seed": 0, "budget": "full", "entropy_frac": 0.8, "pretrain_steps": 632,
+            "linear": 0.2, "knn": 0.1, "full": 0.3, "seconds": 500}
+    (out / "result.json").write_text(json.dumps(done))
+    commands = []
+    monkeypatch.setattr(ablation, "run", fake_run(commands))
+    plan = ablation.Plan(ablation.BUDGETS["full"], "george", tmp_path)
+
+    result = ablation.run_row(ablation.BY_NAME["full"], 0, plan)
+
+    assert [a for args in commands for a in args if a.startswith("output_dir=")] == [
+        f"output_dir={out / 'linear_mean'}", f"output_dir={out / 'knn_mean'}"]
+    assert all("finetune.features=mean" in args and f"model.init={out / 'pretrain' / 'teacher_backbone.pt'}" in args
+               for args in commands)
+    assert result == {**done, "linear_mean": 0.25, "knn_mean": 0.25, "seconds": result["seconds"]}
+    assert result["seconds"] >= 500
+    assert ablation.run_row(ablation.BY_NAME["full"], 0, plan) == result and len(commands) == 2
