@@ -136,3 +136,8 @@ def test_a_row_runs_only_what_its_result_lacks(tmp_path, monkeypatch):
     assert result == {**done, "linear_mean": 0.25, "knn_mean": 0.25, "seconds": result["seconds"]}
     assert result["seconds"] >= 500
     assert ablation.run_row(ablation.BY_NAME["full"], 0, plan) == result and len(commands) == 2
+
+
+def test_the_quick_budget_probes_the_class_token_only():
+    assert list(ablation.evaluations(ablation.BUDGETS["quick"])) == ["linear", "knn"]
+    assert list(ablation.evaluations(ablation.BUDGETS["full"])) == ["linear", "knn", "linear_mean", "knn_mean", "full"]
