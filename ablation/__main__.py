@@ -8,8 +8,8 @@ Pretraining data: the FSDD takes 5-49 (the data set's train split) of every spea
 one, plus the Speech Commands sample, all as unlabelled audio. Evaluation: FSDD with one speaker held out
 (test = every take of that speaker; speaker-independent, harder than the data set's own split), by a
 linear probe and a k-NN on the frozen teacher (its class token, and the mean of its patch tokens), and
-(full budget only) a short fine-tune. A row's finished parts are kept: only what is missing runs. The held-out
-speaker is never heard in pretraining.
+(full budget only) a short fine-tune. The held-out speaker is never heard in pretraining. A row's finished
+parts are kept: only what is missing runs.
 
 Other data: DATA=/path (a folder laid out as the project's shared/data), or overrides of the pretraining
 and evaluation configs with a results folder of their own, e.g.
@@ -230,6 +230,7 @@ def table(plan: Plan, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "all", "table"])
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the evaluations' config, configs/finetune/tiny_fsdd.yaml (repeatable)")
     parser.add_argument("--runs", type=Path, help="results folder (default runs/ablations/<budget>); required "
                         "with overrides, so that their results never mix with the default's")
-    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(argv)
     budget = BUDGETS["quick" if args.quick else "full"]
     unknown = [r for r in args.rows if r not in BY_NAME]
     if unknown:
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             pool.shutdown(cancel_futures=True)  # after a failure, start nothing more
     if args.command in ("all", "table"):
         if custom or args.runs is not None:
-            command = shlex.join(["python", "-m", "ablation", *(argv if argv is not None else sys.argv[1:])])
+            command = shlex.join(["python", "-m", "ablation", *argv])
             out = plan.root / "table.md"
         else:
             command = "make ablations-quick" if args.quick else "make ablations"
