@@ -31,8 +31,9 @@ ablation-%:
 ablations:
 	$(PYTHON) -m ablation all --seeds 0 1 2 --jobs $(JOBS) $(ARGS)
 
+# One at a time: the quick rows are short, and evaluation uses both cores well (28 min with JOBS=2, 27 without).
 ablations-quick:
-	$(PYTHON) -m ablation all --quick --jobs $(JOBS) $(ARGS)
+	$(PYTHON) -m ablation all --quick $(ARGS)
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -192,8 +192,13 @@ def mean_std(values: list[float]) -> str:
     return f"{pct.mean():.1f}" if len(pct) == 1 else f"{pct.mean():.1f} ± {pct.std():.1f}"
 
 
+COLUMNS = {"linear": "linear", "knn": "k-NN", "linear_mean": "linear (mean)", "knn_mean": "k-NN (mean)",
+           "full": "fine-tune"}
+
+
 def table(plan: Plan, command: str) -> str:
     budget, defaults = plan.budget, plan.default_data()
+    keys = list(evaluations(budget))
     results = [json.loads(p.read_text()) for p in sorted(plan.root.glob("*/seed*/result.json"))]
     steps = sorted({r["pretrain_steps"] for r in results if "pretrain_steps" in r})
     minutes = sum(r["seconds"] for r in results) / 60
@@ -207,23 +212,23 @@ def table(plan: Plan, command: str) -> str:
         f"{platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.", "",
         "Pretraining: ViT-tiny, 1 s views, `configs/ablation/base.yaml` "
         f"(+ `{' '.join(budget.pretrain) or 'no overrides'}`), the same steps for every row, {pretrain_data}. "
-        f"Evaluation: {eval_data}, test accuracy in %: linear probe and 20-NN on the frozen "
-        "teacher's class token and on the mean of its patch tokens (only the global loss trains the class "
-        "token)" + (f", and a {budget.finetune_epochs}-epoch fine-tune" if budget.finetune_epochs else "") +
+        f"Evaluation: {eval_data}, test accuracy in %: linear probe and 20-NN on the frozen teacher's class "
+        "token" + (" and on the mean of its patch tokens (only the global loss trains the class token)"
+                   if "mean" in budget.features else "") +
+        (f", and a {budget.finetune_epochs}-epoch fine-tune" if budget.finetune_epochs else "") +
         ". Paper: AS-20K mAP after fine-tuning a ViT-S pretrained on AudioSet (Table II). "
         "Entropy: the teacher's final output entropy as a fraction of ln K (near 0 or 1 = collapse).", "",
         f"Budget: {', '.join(map(str, steps)) or '-'} pretraining steps of 32 clips per row; "
         f"{len(results)} runs took {minutes:.0f} min in all (summed over runs).", "",
-        "| row | what | paper | linear | k-NN | linear (mean) | k-NN (mean) | fine-tune | entropy | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| row | what | paper | {' | '.join(COLUMNS[key] for key in keys)} | entropy | seeds |",
+        "|---" * (len(keys) + 5) + "|",
     ]
     for row in ROWS:
         found = [json.loads(p.read_text()) for p in sorted((plan.root / row.name).glob("seed*/result.json"))]
         if not found:
             continue
         entropy = [r["entropy_frac"] for r in found if r.get("entropy_frac") is not None]
-        scores = [mean_std([r[key] for r in found if key in r])
-                  for key in ("linear", "knn", "linear_mean", "knn_mean", "full")]
+        scores = [mean_std([r[key] for r in found if key in r]) for key in keys]
         lines.append(f"| {row.name} | {row.what} | {row.paper} | {' | '.join(scores)} | "
                      f"{f'{np.mean(entropy):.2f}' if entropy else '-'} | {len(found)} |")
     return "\n".join(lines) + "\n"
