@@ -8,7 +8,6 @@ self-distillation from collapsing (DINO).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -110,6 +109,3 @@ class ASiTLoss(nn.Module):
         terms["loss"] = total
         return terms
 
-
-def max_entropy(num_prototypes: int) -> float:
-    return math.log(num_prototypes)
