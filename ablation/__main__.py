@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asit.metrics import rank_correlation
 from asit.sources import list_audio, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,15 +225,35 @@ def table(plan: Plan, command: str) -> str:
         f"| row | what | paper | {' | '.join(COLUMNS[key] for key in keys)} | entropy | seeds |",
         "|---" * (len(keys) + 5) + "|",
     ]
+    ranked = {key: ([], []) for key in keys}  # column -> (paper mAPs, our means) of the rows with both
     for row in ROWS:
         found = [json.loads(p.read_text()) for p in sorted((plan.root / row.name).glob("seed*/result.json"))]
         if not found:
             continue
         entropy = [r["entropy_frac"] for r in found if r.get("entropy_frac") is not None]
-        scores = [mean_std([r[key] for r in found if key in r]) for key in keys]
-        lines.append(f"| {row.name} | {row.what} | {row.paper} | {' | '.join(scores)} | "
+        values = {key: [r[key] for r in found if key in r] for key in keys}
+        lines.append(f"| {row.name} | {row.what} | {row.paper} | {' | '.join(mean_std(values[key]) for key in keys)} | "
                      f"{f'{np.mean(entropy):.2f}' if entropy else '-'} | {len(found)} |")
+        paper = paper_map(row)
+        for key in keys:
+            if paper is not None and values[key]:
+                ranked[key][0].append(paper)
+                ranked[key][1].append(np.mean(values[key]))
+    rho = {key: rank_correlation(*ranked[key]) for key in keys if len(ranked[key][0]) >= 3}
+    if rho:
+        counts = " or ".join(map(str, sorted({len(ranked[key][0]) for key in rho})))
+        lines += ["", f"Agreement with the paper's ordering: Spearman's rank correlation between each column and "
+                  f"the paper's mAP over the {counts} rows it gives an mAP for (1 = the same order, 0 = unrelated): "
+                  + ", ".join(f"{COLUMNS[key]} {value:.2f}" for key, value in rho.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def paper_map(row: Row) -> float | None:
+    """The paper's mAP for a row, or None where it gives a claim or another budget instead."""
+    try:
+        return float(row.paper)
+    except ValueError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,19 @@ def _average_ranks(values):
     return mean_rank[inverse]
 
 
+def rank_correlation(a, b) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the average ranks (ties share one).
+
+    NaN if either side is constant.
+    """
+    a, b = _to_numpy(a).astype(np.float64), _to_numpy(b).astype(np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"rank_correlation needs two 1-d arrays of one length, got shapes {a.shape} and {b.shape}")
+    _check_nonempty(a, "a")
+    ra, rb = _average_ranks(a) - (a.size + 1) / 2, _average_ranks(b) - (b.size + 1) / 2
+    return float(_safe_div((ra * rb).sum(), np.sqrt((ra**2).sum() * (rb**2).sum())))
+
+
 def _roc_auc(scores, targets):
     """ROC AUC on validated 1-d float scores and boolean targets."""
     num_positives = int(targets.sum())

@@ -12,6 +12,7 @@ from asit.metrics import (
     macro_f1,
     multilabel_metrics,
     per_class_report,
+    rank_correlation,
     roc_auc,
     singlelabel_metrics,
 )
@@ -113,6 +114,17 @@ def test_d_prime_is_finite_and_antisymmetric_at_the_extremes():
     # Clipping to (eps, 1-eps) with eps=1e-12: Phi^-1(1e-12) is about -7.03.
     assert d_prime(1.0) == pytest.approx(math.sqrt(2) * 7.034, abs=1e-2)
     assert d_prime(0.0) == pytest.approx(-d_prime(1.0))
+
+
+def test_rank_correlation_is_spearmans():
+    # Ranks of b are 1 2 4 3: rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60.
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties share their mean rank: ranks 1 2.5 2.5 4 against 1 2 3 4.
+    assert rank_correlation([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert math.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="one length"):
+        rank_correlation([1, 2], [1, 2, 3])
 
 
 def test_multilabel_metrics_skip_undefined_classes():
