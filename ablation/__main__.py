@@ -214,8 +214,8 @@ def table(plan: Plan, command: str) -> str:
         f"{platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.", "",
         "Pretraining: ViT-tiny, 1 s views, `configs/ablation/base.yaml` "
         f"(+ `{' '.join(budget.pretrain) or 'no overrides'}`), the same steps for every row, {pretrain_data}. "
-        f"Evaluation: {eval_data}, test accuracy in % (mean ± sample std over seeds): linear probe and 20-NN on the frozen teacher's class "
-        "token" + (" and on the mean of its patch tokens (only the global loss trains the class token)"
+        f"Evaluation: {eval_data}, test accuracy in % (mean ± sample std over seeds): linear probe and 20-NN "
+        "on the frozen teacher's class token" + (" and on the mean of its patch tokens (only the global loss trains the class token)"
                    if "mean" in budget.features else "") +
         (f", and a {budget.finetune_epochs}-epoch fine-tune" if budget.finetune_epochs else "") +
         ". Paper: AS-20K mAP after fine-tuning a ViT-S pretrained on AudioSet (Table II). "
