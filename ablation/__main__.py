@@ -116,7 +116,8 @@ def run(args: list[str], log: Path) -> None:
 def final_entropy(run_dir: Path) -> float | None:
     """The teacher's global-head entropy at the end, as a fraction of ln K (collapse: near 0 or 1)."""
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    values = [r[k] for r in rows[-1:] for k in ("collapse/global_entropy_frac", "collapse/local_entropy_frac") if k in r]
+    keys = ("collapse/global_entropy_frac", "collapse/local_entropy_frac")
+    values = [r[k] for r in rows[-1:] for k in keys if k in r]
     return values[0] if values else None
 
 
@@ -215,8 +216,9 @@ def table(plan: Plan, command: str) -> str:
         "Pretraining: ViT-tiny, 1 s views, `configs/ablation/base.yaml` "
         f"(+ `{' '.join(budget.pretrain) or 'no overrides'}`), the same steps for every row, {pretrain_data}. "
         f"Evaluation: {eval_data}, test accuracy in % (mean ± sample std over seeds): linear probe and 20-NN "
-        "on the frozen teacher's class token" + (" and on the mean of its patch tokens (only the global loss trains the class token)"
-                   if "mean" in budget.features else "") +
+        "on the frozen teacher's class token" +
+        (" and on the mean of its patch tokens (only the global loss trains the class token)"
+         if "mean" in budget.features else "") +
         (f", and a {budget.finetune_epochs}-epoch fine-tune" if budget.finetune_epochs else "") +
         ". Paper: AS-20K mAP after fine-tuning a ViT-S pretrained on AudioSet (Table II). "
         "Entropy: the teacher's final output entropy as a fraction of ln K (near 0 or 1 = collapse).", "",
