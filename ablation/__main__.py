@@ -162,6 +162,16 @@ def run_row(row: Row, seed: int, plan: Plan) -> dict:
         return result
     out.mkdir(parents=True, exist_ok=True)
     log, tic = out / "commands.log", time.time()
+
+    def save() -> None:
+        # After every stage, so that a killed run keeps what it finished and the time it took.
+        nonlocal tic
+        result["seconds"] = result.get("seconds", 0) + round(time.time() - tic)
+        tic = time.time()
+        tmp = result_path.with_name(result_path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, result_path)
+
     init = "null" if row.name == "scratch" else str(out / "pretrain" / "teacher_backbone.pt")
     if row.name != "scratch" and "pretrain_steps" not in result:
         pre = out / "pretrain"
@@ -171,6 +181,7 @@ def run_row(row: Row, seed: int, plan: Plan) -> dict:
              f"output_dir={pre}", f"seed={seed}", *budget.pretrain, *plan.pretrain_set], log)
         result["entropy_frac"] = final_entropy(pre)
         result["pretrain_steps"] = json.loads((pre / "log.jsonl").read_text().splitlines()[-1])["step"]
+        save()
     data = ([f"data.train={data_root() / 'fsdd' / 'recordings'}", f"data.fsdd_split=speaker:{held_out}"]
             if "evaluation" in plan.default_data() else [])
     evaluate = [sys.executable, "-m", "finetune", "--config", str(REPO / "configs" / "finetune" / "tiny_fsdd.yaml"),
@@ -178,8 +189,7 @@ def run_row(row: Row, seed: int, plan: Plan) -> dict:
     for key, extra in todo.items():
         run([*evaluate, f"output_dir={out / key}", *extra, *plan.eval_set], log)
         result[key] = json.loads((out / key / "metrics.json").read_text())["test"]["accuracy"]
-    result["seconds"] = result.get("seconds", 0) + round(time.time() - tic)
-    result_path.write_text(json.dumps(result, indent=2))
+        save()
     return result
 
 

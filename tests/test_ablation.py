@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -149,6 +150,30 @@ def test_a_row_runs_only_what_its_result_lacks(tmp_path, monkeypatch):
     assert result == {**done, "linear_mean": 0.25, "knn_mean": 0.25, "seconds": result["seconds"]}
     assert result["seconds"] >= 500
     assert ablation.run_row(ablation.BY_NAME["full"], 0, plan) == result and len(commands) == 2
+
+
+def test_a_killed_row_keeps_every_stage_it_finished(tmp_path, monkeypatch):
+    commands = []
+    finish = fake_run(commands)
+
+    def killed_in_the_second_evaluation(args, log):
+        if len(commands) == 2:
+            raise subprocess.CalledProcessError(-9, args)
+        finish(args, log)
+
+    monkeypatch.setattr(ablation, "run", killed_in_the_second_evaluation)
+    plan = ablation.Plan(ablation.BUDGETS["full"], "george", tmp_path)
+    with pytest.raises(subprocess.CalledProcessError):
+        ablation.run_row(ablation.BY_NAME["full"], 0, plan)
+    kept = json.loads((tmp_path / "full" / "seed0" / "result.json").read_text())
+    assert kept["pretrain_steps"] == 7 and kept["linear"] == 0.25 and "knn" not in kept and "seconds" in kept
+
+    commands.clear()
+    monkeypatch.setattr(ablation, "run", fake_run(commands))
+    result = ablation.run_row(ablation.BY_NAME["full"], 0, plan)
+    assert [a.split("/")[-1] for args in commands for a in args if a.startswith("output_dir=")] == [
+        "knn", "linear_mean", "knn_mean", "full"]  # neither the pretraining nor the first probe again
+    assert {result[k] for k in ("linear", "knn", "linear_mean", "knn_mean", "full")} == {0.25}
 
 
 def test_the_quick_budget_probes_the_class_token_only():
