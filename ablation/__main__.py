@@ -223,8 +223,9 @@ def table(plan: Plan, command: str) -> str:
         f"# ASiT ablations in miniature ({budget.name} budget)", "",
         f"Made by `{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.", "",
-        "Pretraining: ViT-tiny, 1 s views, `configs/ablation/base.yaml` "
-        f"(+ `{' '.join(budget.pretrain) or 'no overrides'}`), the same steps for every row, {pretrain_data}. "
+        "Pretraining: ViT-tiny, 1 s views, `configs/ablation/base.yaml`"
+        f"{f' (+ `{shlex.join(budget.pretrain)}`)' if budget.pretrain else ''}, the same steps for every row, "
+        f"{pretrain_data}. "
         f"Evaluation: {eval_data}, test accuracy in % (mean ± sample std over seeds): linear probe and 20-NN "
         "on the frozen teacher's class token" +
         (" and on the mean of its patch tokens (only the global loss trains the class token)"
