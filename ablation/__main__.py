@@ -184,8 +184,9 @@ def run_row(row: Row, seed: int, plan: Plan) -> dict:
         save()
     data = ([f"data.train={data_root() / 'fsdd' / 'recordings'}", f"data.fsdd_split=speaker:{held_out}"]
             if "evaluation" in plan.default_data() else [])
+    # The frozen evaluations of one embedding (class token, then mean) share one embedding pass.
     evaluate = [sys.executable, "-m", "finetune", "--config", str(REPO / "configs" / "finetune" / "tiny_fsdd.yaml"),
-                *data, f"model.init={init}", f"seed={seed}"]
+                *data, f"model.init={init}", f"seed={seed}", f"finetune.embedding_cache={out / 'embeddings.pt'}"]
     for key, extra in todo.items():
         run([*evaluate, f"output_dir={out / key}", *extra, *plan.eval_set], log)
         result[key] = json.loads((out / key / "metrics.json").read_text())["test"]["accuracy"]

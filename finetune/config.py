@@ -102,6 +102,10 @@ class ModeConfig:
     probe_lr: float = 1e-2  # AdamW on layer-normalised embeddings: 1e-3 underfits in 100 epochs
     probe_weight_decay: float = 1e-4
     probe_batch_size: int = 256
+    # Frozen modes: a file that keeps the embeddings for the next frozen run of the same backbone, front
+    # end, features and seed (a k-NN after a linear probe then embeds nothing); a clip whose audio file
+    # changed since is embedded again. null: embeddings live only as long as the run.
+    embedding_cache: str | None = None
 
 
 @dataclass

@@ -3,21 +3,24 @@
 The linear probe is the AST head itself (LayerNorm + Linear) fitted to cached embeddings, with every
 dimension standardised over the training set (`asit.frozen.fit_layernorm_probe`), so that one
 learning rate suits any backbone; with one embedding (cls or mean) the probe drops into the model as
-its head, so linear mode leaves a classifier checkpoint (best.pt) that predicts like any fine-tuned one. Concatenated features (both) have no AST head of that width: no checkpoint then.
-k-NN has no weights to save.
+its head, so linear mode leaves a classifier checkpoint (best.pt) that predicts like any fine-tuned
+one. Concatenated features (both) have no AST head of that width: no checkpoint then. k-NN has no
+weights to save. With finetune.embedding_cache the embeddings outlive the run, for the next frozen
+evaluation of the same backbone.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from asit.ast_model import NORM_EPS, ASTModel, classifier_checkpoint
-from asit.checkpoint import atomic_save
+from asit.checkpoint import atomic_save, load
 from asit.config import to_dict
 from asit.distributed import Dist
 from asit.frozen import fit_layernorm_probe, knn_scores, select_features
@@ -43,8 +46,16 @@ def run_frozen(cfg: FinetuneConfig, split: Split, labels: Labels, out: Path, env
     model, frontend = build_model(cfg, len(labels), pool="mean" if f.features == "mean" else "token",
                                    dist_token=False)
     model.to(env.device).eval()
-    sets = datasets(split, labels, frontend, cfg.model.num_frames)  # each clip is read once: no cache
+    sets = datasets(split, labels, frontend, cfg.model.num_frames)  # each clip is read once: no feature cache
+    cache = f.embedding_cache
+    if cache:
+        key = embedding_key(cfg, frontend, resolve_precision(cfg.train.precision, env.device))
+        if not memo:  # the first fold: later ones share the memo
+            memo.update(load_embeddings(cache, key))
+    known = len(memo)
     feats = {name: embed(model, dataset, cfg, env, memo) for name, dataset in sets.items()}
+    if cache and env.is_main and len(memo) > known:
+        save_embeddings(cache, key, memo)
     if not env.is_main:  # every process helped embed; fitting the cache is one process's minutes
         return {}
 
@@ -88,6 +99,42 @@ def embed(model: ASTModel, dataset: ClipDataset, cfg: FinetuneConfig, env: Dist,
                                cfg.finetune.features)
         memo.update(zip(todo, rows))
     return torch.stack([memo[item.path] for item in dataset.items])
+
+
+def embedding_key(cfg: FinetuneConfig, frontend, amp: torch.dtype | None) -> dict:
+    """What a frozen embedding depends on besides its audio file: cached ones are used only if all match."""
+    init = cfg.model.init
+    # The seed draws the backbone when there is no init (a random-backbone baseline).
+    return {"init": [str(Path(init).resolve()), *file_stamp(init)] if init else None, "seed": cfg.seed,
+            "model": to_dict(cfg.model), "frontend": to_dict(frontend), "features": cfg.finetune.features,
+            "precision": str(amp)}
+
+
+def file_stamp(path: str) -> list[int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return [st.st_size, st.st_mtime_ns]
+
+
+def load_embeddings(path: str, key: dict) -> dict[str, torch.Tensor]:
+    """The embeddings an earlier run kept in `path` for the same key, of clips whose file is unchanged."""
+    if not Path(path).is_file():
+        return {}
+    saved = load(path)
+    if saved.get("key") != key:
+        log.info("%s holds embeddings of another backbone or setting: embedding again", path)
+        return {}
+    kept = {p: e for p, stamp, e in zip(saved["paths"], saved["stamps"], saved["embeddings"]) if file_stamp(p) == stamp}
+    log.info("%s: %d cached embeddings", path, len(kept))
+    return kept
+
+
+def save_embeddings(path: str, key: dict, memo: dict[str, torch.Tensor]) -> None:
+    paths = list(memo)
+    atomic_save({"key": key, "paths": paths, "stamps": [file_stamp(p) for p in paths],
+                 "embeddings": torch.stack([memo[p] for p in paths])}, path)
 
 
 def fit_probe(model: ASTModel, feats: torch.Tensor, targets: torch.Tensor, labels: Labels,

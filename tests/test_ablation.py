@@ -146,6 +146,7 @@ def test_a_row_runs_only_what_its_result_lacks(tmp_path, monkeypatch):
     assert [a for args in commands for a in args if a.startswith("output_dir=")] == [
         f"output_dir={out / 'linear_mean'}", f"output_dir={out / 'knn_mean'}"]
     assert all("finetune.features=mean" in args and f"model.init={out / 'pretrain' / 'teacher_backbone.pt'}" in args
+               and f"finetune.embedding_cache={out / 'embeddings.pt'}" in args  # one embedding pass for both
                for args in commands)
     assert result == {**done, "linear_mean": 0.25, "knn_mean": 0.25, "seconds": result["seconds"]}
     assert result["seconds"] >= 500

@@ -18,6 +18,7 @@ from asit.checkpoint import atomic_save, backbone_checkpoint
 from asit.features import FrontEndConfig, frontend_metadata
 from asit.sources import AudioItem, list_audio, write_csv
 from asit.vit import build_vit
+import finetune.probe as probe
 from finetune.__main__ import main
 from finetune.data import ClipDataset, fsdd_split
 from finetune.train import Finetuner
@@ -205,3 +206,38 @@ def test_linear_probe_on_both_features_has_no_ast_head_to_save(tmp_path, data):
     metrics = run(tmp_path / "both", data, "finetune.mode=linear", "finetune.features=both")
     assert metrics["test"]["accuracy"] > 0.15 and metrics["config"]["finetune"]["features"] == "both"
     assert not (tmp_path / "both" / "best.pt").exists()
+
+
+def test_an_embedding_cache_serves_the_next_frozen_run_and_only_unchanged_clips(tmp_path, tiny_data, backbone,
+                                                                                monkeypatch):
+    copied = {}  # the clips copied, so that one can be changed without touching the shared data
+    for name, csv in tiny_data.items():
+        items = [AudioItem(str(tmp_path / Path(i.path).name), i.labels) for i in list_audio(csv)]
+        for item, original in zip(items, list_audio(csv)):
+            Path(item.path).write_bytes(Path(original.path).read_bytes())
+        copied[name] = tmp_path / f"{name}.csv"
+        write_csv(items, copied[name])
+    embedded = []
+    collect = probe.collect
+
+    def counting(fn, dataset, *args):
+        embedded.append(len(dataset))
+        return collect(fn, dataset, *args)
+
+    monkeypatch.setattr(probe, "collect", counting)
+    cache = f"finetune.embedding_cache={tmp_path / 'embeddings.pt'}"
+    knn = run(tmp_path / "knn", copied, f"model.init={backbone}", "finetune.mode=knn")
+    assert sum(embedded) == 120
+
+    embedded.clear()
+    run(tmp_path / "linear", copied, f"model.init={backbone}", "finetune.mode=linear", cache)
+    cached_knn = run(tmp_path / "cached", copied, f"model.init={backbone}", "finetune.mode=knn", cache)
+    assert embedded == [80, 20, 20]  # the probe embedded every clip; the k-NN after it none
+    assert cached_knn["test"] == knn["test"] and cached_knn["val"] == knn["val"]
+
+    embedded.clear()
+    changed = Path(list_audio(copied["test"])[0].path)
+    os.utime(changed, ns=(0, changed.stat().st_mtime_ns + 10**9))  # rewritten since: perhaps other audio
+    run(tmp_path / "again", copied, f"model.init={backbone}", "finetune.mode=knn", cache)
+    run(tmp_path / "other", copied, f"model.init={backbone}", "finetune.mode=knn", "finetune.features=mean", cache)
+    assert embedded == [1, 80, 20, 20]  # the changed clip; then everything, for another embedding
