@@ -46,7 +46,7 @@ def run_frozen(cfg: FinetuneConfig, split: Split, labels: Labels, out: Path, env
     model, frontend = build_model(cfg, len(labels), pool="mean" if f.features == "mean" else "token",
                                    dist_token=False)
     model.to(env.device).eval()
-    sets = datasets(split, labels, frontend, cfg.model.num_frames)  # each clip is read once: no feature cache
+    sets = datasets(split, labels, frontend, cfg.model.num_frames)  # read once each: no feature cache
     cache = f.embedding_cache
     if cache:
         key = embedding_key(cfg, frontend, resolve_precision(cfg.train.precision, env.device))
@@ -126,7 +126,8 @@ def load_embeddings(path: str, key: dict) -> dict[str, torch.Tensor]:
     if saved.get("key") != key:
         log.info("%s holds embeddings of another backbone or setting: embedding again", path)
         return {}
-    kept = {p: e for p, stamp, e in zip(saved["paths"], saved["stamps"], saved["embeddings"]) if file_stamp(p) == stamp}
+    kept = {p: e for p, stamp, e in zip(saved["paths"], saved["stamps"], saved["embeddings"])
+            if file_stamp(p) == stamp}
     log.info("%s: %d cached embeddings", path, len(kept))
     return kept
 
