@@ -31,7 +31,7 @@ ablation-%:
 ablations:
 	$(PYTHON) -m ablation all --seeds 0 1 2 --jobs $(JOBS) $(ARGS)
 
-# One at a time: the quick rows are short, and evaluation uses both cores well (27-30 min; no faster with JOBS=2).
+# One at a time: the quick rows are short, and evaluation uses both cores well (about 25 min; no faster with JOBS=2).
 ablations-quick:
 	$(PYTHON) -m ablation all --quick $(ARGS)
 
