@@ -163,7 +163,9 @@ def test_a_killed_row_keeps_every_stage_it_finished(tmp_path, monkeypatch):
         finish(args, log)
 
     monkeypatch.setattr(ablation, "run", killed_in_the_second_evaluation)
-    plan = ablation.Plan(ablation.BUDGETS["full"], "george", tmp_path)
+    # Data of its own, so that the test needs no shared data.
+    plan = ablation.Plan(ablation.BUDGETS["full"], "george", tmp_path, ("data.train=/my/audio",),
+                         ("data.train=/my/train.csv",))
     with pytest.raises(subprocess.CalledProcessError):
         ablation.run_row(ablation.BY_NAME["full"], 0, plan)
     kept = json.loads((tmp_path / "full" / "seed0" / "result.json").read_text())
