@@ -242,6 +242,7 @@ def table(plan: Plan, command: str) -> str:
     ranked = {key: ([], []) for key in keys}  # column -> (paper mAPs, our means) of the rows with both
     for row in ROWS:
         found = [json.loads(p.read_text()) for p in sorted((plan.root / row.name).glob("seed*/result.json"))]
+        found = [r for r in found if all(key in r for key in keys)]  # a killed run's partial result waits
         if not found:
             continue
         entropy = [r["entropy_frac"] for r in found if r.get("entropy_frac") is not None]

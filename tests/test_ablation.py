@@ -170,6 +170,7 @@ def test_a_killed_row_keeps_every_stage_it_finished(tmp_path, monkeypatch):
         ablation.run_row(ablation.BY_NAME["full"], 0, plan)
     kept = json.loads((tmp_path / "full" / "seed0" / "result.json").read_text())
     assert kept["pretrain_steps"] == 7 and kept["linear"] == 0.25 and "knn" not in kept and "seconds" in kept
+    assert "| full |" not in ablation.table(plan, "make ablations")  # a partial run is no seed of the table
 
     commands.clear()
     monkeypatch.setattr(ablation, "run", fake_run(commands))
