@@ -142,7 +142,8 @@ def evaluations(budget: Budget) -> dict[str, list[str]]:
     for features in budget.features:
         suffix = "" if features == "cls" else f"_{features}"  # linear, knn, linear_mean, knn_mean
         for mode in ("linear", "knn"):
-            judge[mode + suffix] = [f"finetune.mode={mode}", f"finetune.features={features}"]
+            # No references: the scratch row is the table's random backbone.
+            judge[mode + suffix] = [f"finetune.mode={mode}", f"finetune.features={features}", "finetune.baselines=false"]
     if budget.finetune_epochs:
         # Mean pooling: in 4 epochs the class token of a briefly pretrained tiny backbone barely learns
         # (val accuracy 0.18 vs 0.53 with the mean), so the fine-tune would judge nothing.

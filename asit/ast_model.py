@@ -69,12 +69,18 @@ class ASTModel(nn.Module):
             nn.Linear(width, cfg.num_classes) if cfg.num_classes else nn.Identity(),
         )
 
-    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x [B, 1, F, T] -> {"cls": (cls + dist) / 2, "mean": mean of the patch tokens}, each [B, D],
-        read after the final norm (what frozen evaluations use)."""
-        tokens = self.backbone.forward_features(x)  # [B, prefix + N, D], prefix = [cls, dist] or [cls]
+    def embed(self, x: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """x [B, 1, F, T] -> {"cls": (cls + dist) / 2, "mean": mean of the patch tokens}, read after the
+        final norm (what frozen evaluations use): each [B, D] from the last block, or, with `blocks`
+        (0-based indices), [B, len(blocks), D] from those blocks, each put through the final norm."""
         prefix = self.backbone.num_prefix_tokens
-        return {"cls": tokens[:, :prefix].mean(dim=1), "mean": tokens[:, prefix:].mean(dim=1)}
+        if blocks is None:
+            tokens = self.backbone.forward_features(x)  # [B, prefix + N, D], prefix = [cls, dist] or [cls]
+            return {"cls": tokens[:, :prefix].mean(dim=1), "mean": tokens[:, prefix:].mean(dim=1)}
+        picked = self.backbone.forward_intermediates(x, indices=blocks, return_prefix_tokens=True, norm=True,
+                                                     stop_early=True, output_fmt="NLC", intermediates_only=True)
+        return {"cls": torch.stack([p.mean(dim=1) for _, p in picked], dim=1),
+                "mean": torch.stack([t.mean(dim=1) for t, _ in picked], dim=1)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x)[POOLS[self.cfg.pool]])  # [B, C]

@@ -132,6 +132,14 @@ def clip_features(wave: torch.Tensor, cfg: FrontEndConfig, num_frames: int) -> t
     return normalise(fit_frames(clip_fbank(wave, cfg), num_frames), cfg)
 
 
+def fbank_statistics(wave: torch.Tensor, cfg: FrontEndConfig, num_frames: int) -> torch.Tensor:
+    """Hand-crafted clip features [2F]: the per-bin mean and std over time of the normalised fbank of
+    the frames a model with `num_frames` reads (the first ones, no padding): the reference a learnt
+    embedding of the same input should beat."""
+    spec = normalise(clip_fbank(wave, cfg)[:, :num_frames], cfg)
+    return torch.cat([spec.mean(dim=1), spec.std(dim=1, correction=0)])
+
+
 def clip_windows(wave: torch.Tensor, cfg: FrontEndConfig, num_frames: int) -> torch.Tensor:
     """A clip of any length [S] -> normalised windows [W, F, num_frames] that cover it all.
 

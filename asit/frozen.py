@@ -8,17 +8,23 @@ Targets are [N, C] one-hot (single-label) or multi-hot rows; both evaluations re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .metrics import multilabel_metrics
 
 FEATURES = ("cls", "mean", "both")
 
 
 def select_features(embeddings: dict[str, torch.Tensor], which: str) -> torch.Tensor:
-    """The class-token embedding, the mean of patch tokens, or both concatenated: [N, D] or [N, 2D]."""
+    """The class-token embedding, the mean of patch tokens, or both concatenated on the last axis:
+    [..., D] or [..., 2D]."""
     if which == "both":
-        return torch.cat([embeddings["cls"], embeddings["mean"]], dim=1)
+        return torch.cat([embeddings["cls"], embeddings["mean"]], dim=-1)
     if which not in embeddings:
         raise ValueError(f"features: expected one of {FEATURES}, got {which!r}")
     return embeddings[which]
@@ -57,60 +63,130 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, bce: bool) 
     return F.cross_entropy(logits, targets)
 
 
-def train_probe(probe: nn.Module, feats: torch.Tensor, targets: torch.Tensor, multilabel: bool,
-                epochs: int = 100, lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 256,
-                seed: int = 0) -> list[float]:
-    """Train `probe` (a linear layer, optionally after a LayerNorm) on cached features; returns the
-    mean loss of each epoch.
+@dataclass
+class LinearProbe:
+    """A fitted multinomial (or one-vs-rest) logistic regression: scores = softmax / sigmoid of
+    x @ weight.T + bias on the raw features (the standardisation is folded in)."""
 
-    AdamW with a cosine learning rate over `epochs` passes of shuffled mini-batches: with a few thousand
-    cached rows each pass is milliseconds, so a hundred of them cost nothing next to the embedding.
+    weight: torch.Tensor  # [C, D]
+    bias: torch.Tensor  # [C]
+    C: float  # the inverse regularisation strength the cross-validation chose
+    cv_scores: dict[float, float]  # mean validation accuracy (mAP for tags) of every C of the grid
+    folds: int
+    grouped: bool  # whether the validation folds kept the clips' groups together
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats.float() @ self.weight.T + self.bias
+
+    def summary(self) -> dict:
+        return {"C": self.C, "folds": self.folds, "grouped": self.grouped,
+                "cv_scores": {f"{c:g}": s for c, s in self.cv_scores.items()}}
+
+
+C_GRID = tuple(10.0 ** e for e in range(-4, 3))  # 1e-4 ... 1e2
+
+
+def validation_folds(targets: np.ndarray, groups: list | None, multilabel: bool, folds: int, seed: int):
+    """(splits, grouped): K folds that keep each group on one side when every clip has a group and
+    there are at least K groups, else folds stratified by class (plain K-fold for tags)."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    x = np.zeros((len(targets), 1))
+    if groups is not None and all(g is not None for g in groups) and len(set(groups)) >= folds:
+        splitter = GroupKFold(folds) if multilabel else StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        return list(splitter.split(x, targets, groups)), True
+    if multilabel:
+        return list(KFold(folds, shuffle=True, random_state=seed).split(x)), False
+    # A class with fewer clips than folds cannot appear in every fold: fewer folds then.
+    folds = max(2, min(folds, int(np.unique(targets, return_counts=True)[1].min())))
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, targets)), False
+
+
+def fit_logistic(z: torch.Tensor, y: torch.Tensor, C: float, classes: int, multilabel: bool,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [K, D], bias [K]) of L2-regularised logistic regression, scikit-learn's objective:
+    C * sum of the losses + |W|^2 / 2 (bias not penalised). Softmax cross-entropy, or independent
+    sigmoids for tags (y [N, K] 0/1; else y [N] class indices). Full-batch L-BFGS, started from `init`
+    (the fit of the previous C of a regularisation path).
     """
-    gen = torch.Generator().manual_seed(seed)
-    feats, targets = feats.float(), targets.float()
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = -(-feats.shape[0] // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    probe.train()
-    history = []
-    for _ in range(epochs):
-        order = torch.randperm(feats.shape[0], generator=gen)
-        total = 0.0
-        for start in range(0, feats.shape[0], batch_size):
-            idx = order[start:start + batch_size]
-            loss = classification_loss(probe(feats[idx]), targets[idx], bce=multilabel)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        history.append(total / feats.shape[0])
-    probe.eval()
-    return history
+    n, d = z.shape
+    w = (init[0].clone() if init else torch.zeros(classes, d, dtype=z.dtype)).requires_grad_(True)
+    b = (init[1].clone() if init else torch.zeros(classes, dtype=z.dtype)).requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = z @ w.T + b
+        fit = (F.binary_cross_entropy_with_logits(logits, y, reduction="sum") if multilabel
+               else F.cross_entropy(logits, y, reduction="sum"))
+        loss = (fit + 0.5 * (w * w).sum() / C) / n  # scaled by 1 / (C n): the same minimiser
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
 
 
-def fit_layernorm_probe(head: nn.Sequential, feats: torch.Tensor, targets: torch.Tensor, multilabel: bool,
-                        epochs: int = 100, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 256,
-                        seed: int = 0) -> list[float]:
-    """Fit `head` = (LayerNorm, Linear), AST's classifier, as a linear probe on frozen embeddings.
+def fit_linear_probe(feats: torch.Tensor, targets: torch.Tensor, multilabel: bool, groups: list | None = None,
+                     grid: tuple[float, ...] = C_GRID, folds: int = 5, seed: int = 0) -> LinearProbe:
+    """Logistic regression on frozen features, its L2 strength chosen by cross-validation.
 
-    The linear layer is trained on layer-normed embeddings standardised per dimension with the training
-    set's statistics (a batch norm without affine before the classifier, as MoCo v3 and MAE probe): a
-    barely trained backbone's embeddings share one large component, and without standardisation the
-    probe would measure how well AdamW copes with that, not what the embeddings separate. The
-    standardisation is then folded into the linear layer (W / sigma, b - W mu / sigma) and the norm's
-    affine reset to identity, so `head` computes exactly the trained probe and drops into the model.
+    Features are standardised per dimension with the training set's statistics (a barely trained
+    backbone's embeddings share one large component; MoCo v3 and MAE probe the same way). Every C of
+    `grid` is scored on K validation folds that keep `groups` (speakers, source recordings) apart where
+    given, so the choice rewards what carries over to unheard voices; the best C is refitted on every
+    clip. Full-batch L-BFGS along the path of C (each fit starts from the last) replaces an epoch count
+    to choose. targets: [N, C] rows.
+    """
+    x = feats.double()
+    mu, sigma = x.mean(dim=0), x.std(dim=0, correction=0)
+    sigma = torch.where(sigma < 1e-6, torch.ones_like(sigma), sigma)  # a constant dimension carries nothing
+    z = (x - mu) / sigma
+    y = targets.double() if multilabel else targets.argmax(dim=1)
+    order = sorted(grid)
+
+    def score(w, b, rows) -> float:
+        logits = z[rows] @ w.T + b
+        if multilabel:
+            return multilabel_metrics(logits.sigmoid().numpy(), y[rows].int().numpy())["mAP"]
+        return float((logits.argmax(dim=1) == y[rows]).double().mean())
+
+    def path(rows, upto: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The fits of the grid's C up to `upto`, from the strongest regularisation on, each started from
+        the last: warm starts make the whole path cost little more than its last fit."""
+        fits, init = [], None
+        for c in order[:order.index(upto) + 1]:
+            init = fit_logistic(z[rows], y[rows], c, targets.shape[1], multilabel, init)
+            fits.append(init)
+        return fits
+
+    splits, grouped = validation_folds(y.numpy().astype(int), groups, multilabel, folds, seed)
+    per_fold = [[score(w, b, va) for w, b in path(torch.as_tensor(tr), order[-1])] for tr, va in splits]
+    cv_scores = {c: float(np.mean([fold[i] for fold in per_fold])) for i, c in enumerate(order)}
+    best = max(order, key=lambda c: (cv_scores[c], -c))  # ties: the stronger regularisation
+    w, b = path(torch.arange(len(z)), best)[-1]
+    w = w / sigma  # the standardisation folded in: probe(x) = x @ w.T + b on raw features
+    b = b - w @ mu
+    return LinearProbe(w.float(), b.float(), best, cv_scores, len(splits), grouped)
+
+
+def fold_into_head(head: nn.Sequential, probe: LinearProbe) -> None:
+    """Make `head` = (LayerNorm, Linear), AST's classifier, compute layer_norm(x) -> probe.
+
+    The probe must have been fitted on layer-normed features (`layer_normed`); the norm's affine is
+    reset to identity, so the head predicts exactly as the probe and drops into the model.
     """
     norm, linear = head
     with torch.no_grad():
-        z = F.layer_norm(feats.float(), norm.normalized_shape, eps=norm.eps)
-        mu, sigma = z.mean(dim=0), z.std(dim=0).clamp_min(1e-6)
-    probe = nn.Linear(linear.in_features, linear.out_features)
-    history = train_probe(probe, (z - mu) / sigma, targets, multilabel, epochs, lr, weight_decay, batch_size, seed)
-    with torch.no_grad():
         norm.weight.fill_(1.0)
         norm.bias.zero_()
-        linear.weight.copy_(probe.weight / sigma)
-        linear.bias.copy_(probe.bias - linear.weight @ mu)
+        linear.weight.copy_(probe.weight)
+        linear.bias.copy_(probe.bias)
     head.eval()
-    return history
+
+
+def layer_normed(feats: torch.Tensor, eps: float) -> torch.Tensor:
+    """What an AST head's LayerNorm (without affine) gives: the features its linear layer reads."""
+    return F.layer_norm(feats.float(), feats.shape[-1:], eps=eps)

@@ -19,6 +19,9 @@ class AudioItem:
     path: str
     labels: tuple[str, ...] = ()
     fold: str | None = None
+    # Clips that must stay on one side of a validation split (a speaker, a source recording): the
+    # linear probe's cross-validation never fits on a group it scores.
+    group: str | None = None
 
 
 def list_audio(source, labels_from_folders: bool = False) -> list[AudioItem]:
@@ -44,7 +47,7 @@ def list_audio(source, labels_from_folders: bool = False) -> list[AudioItem]:
 
 
 def write_csv(items, path) -> None:
-    """Write `items` as a CSV that `list_audio` reads back (columns path, labels, fold).
+    """Write `items` as a CSV that `list_audio` reads back (columns path, labels, fold, group).
 
     Paths under the CSV's folder are written relative to it, so a split can be
     moved together with its data; any other path is written absolute.
@@ -56,11 +59,11 @@ def write_csv(items, path) -> None:
     base = Path(os.path.abspath(path.parent))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "labels", "fold"])
+        writer.writerow(["path", "labels", "fold", "group"])
         for item in items:
             audio = Path(os.path.abspath(item.path))
             shown = audio.relative_to(base) if audio.is_relative_to(base) else audio
-            writer.writerow([shown.as_posix(), ",".join(item.labels), item.fold or ""])
+            writer.writerow([shown.as_posix(), ",".join(item.labels), item.fold or "", item.group or ""])
 
 
 def _list_directory(folder: Path, labels_from_folders: bool) -> list[AudioItem]:
@@ -93,6 +96,7 @@ def _list_manifest(manifest: Path) -> list[AudioItem]:
                 _relative_to(manifest.parent, entry["wav"]),
                 _split_labels(entry.get("labels")),
                 _fold(entry.get("fold")),
+                _group(entry),
             )
         )
     return _non_empty(manifest, items)
@@ -116,6 +120,7 @@ def _list_csv(table: Path) -> list[AudioItem]:
                     _relative_to(table.parent, row["path"]),
                     _row_labels(row),
                     _fold(row.get("fold")),
+                    _group(row),
                 )
             )
     return _non_empty(table, items)
@@ -141,6 +146,17 @@ def _split_labels(text: str | None) -> tuple[str, ...]:
 def _fold(value) -> str | None:
     # JSON folds are often integers; CSV leaves the field empty when there is none.
     return None if value is None or value == "" else str(value)
+
+
+# Columns that name a clip's group, first found wins: our own, a speaker column, ESC-50's source file.
+GROUP_COLUMNS = ("group", "speaker", "src_file")
+
+
+def _group(row: dict) -> str | None:
+    for column in GROUP_COLUMNS:
+        if row.get(column) not in (None, ""):
+            return str(row[column])
+    return None
 
 
 def _non_empty(source: Path, items: list[AudioItem]) -> list[AudioItem]:

@@ -96,16 +96,33 @@ class ModeConfig:
     # the frozen backbone computed once per clip.
     mode: Literal["full", "linear", "knn"] = "full"
     features: Literal["cls", "mean", "both"] = "cls"  # frozen modes: class token, mean of patches, both
+    # The blocks the frozen modes read, averaged (each through the backbone's final norm), counted from
+    # 1; negative from the end: [-1] the last, [-4, -3, -2, -1] the mean of the last four, [8] block 8.
+    # Audio SSL models are often best read below the top. A best.pt is saved only for the last block.
+    layers: list[int] = field(default_factory=lambda: [-1])
+    layer_sweep: bool = False  # also fit the probe (or k-NN) on every block alone and report each
+    # Score, with the same probe on the same split, two references: the same architecture randomly
+    # initialised (this run's seed) and hand-crafted features (per-bin mean and std over time of the
+    # normalised fbank the model reads). Pretraining helped only if it beats both.
+    baselines: bool = True
     knn_k: int = 20
     knn_temperature: float = 0.07  # DINO's: votes weighted by exp(cosine / 0.07)
-    probe_epochs: int = 100
-    probe_lr: float = 1e-2  # AdamW on layer-normalised embeddings: 1e-3 underfits in 100 epochs
-    probe_weight_decay: float = 1e-4
-    probe_batch_size: int = 256
+    # Linear probe: logistic regression, its inverse L2 strength C chosen from this grid by
+    # probe_folds-fold cross-validation on the training set, folds grouped by the data's `group`
+    # (speaker / source) column where every clip has one.
+    probe_grid: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    probe_folds: int = 5
     # Frozen modes: a file that keeps the embeddings for the next frozen run of the same backbone, front
     # end, features and seed (a k-NN after a linear probe then embeds nothing); a clip whose audio file
     # changed since is embedded again. null: embeddings live only as long as the run.
     embedding_cache: str | None = None
+
+
+    def __post_init__(self):
+        if not self.layers or 0 in self.layers:
+            raise ValueError(f"finetune.layers: blocks are counted from 1 (or -1 from the end), got {self.layers}")
+        if self.probe_folds < 2 or not self.probe_grid:
+            raise ValueError("finetune.probe_folds must be at least 2 and finetune.probe_grid not empty")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from asit.audio import load_audio
 from asit.distributed import Dist
-from asit.features import FrontEndConfig, clip_features
+from asit.features import FrontEndConfig, clip_features, fbank_statistics
 from asit.sources import AudioItem, list_audio
 
 from .config import DataConfig
@@ -105,7 +105,7 @@ def fsdd_split(folder: str | Path, spec: str) -> tuple[list[AudioItem], list[Aud
             part = "test" if take < 5 else "val" if take < 10 else "train"
         else:
             part = "test" if speaker == held_out else "val" if take < 5 else "train"
-        parts[part].append(AudioItem(item.path, (digit,)))
+        parts[part].append(AudioItem(item.path, (digit,), group=speaker))
     if held_out is not None and held_out not in speakers:
         raise ValueError(f"data.fsdd_split: no speaker {held_out!r} in {folder} "
                          f"(speakers: {', '.join(sorted(speakers))})")
@@ -161,12 +161,22 @@ class ClipDataset(Dataset):
         else:
             # An unreadable file raises AudioError naming it: a labelled set with holes gives wrong scores.
             wave = load_audio(self.items[index].path, self.frontend.sample_rate)
-            x = clip_features(wave, self.frontend, self.num_frames)[None]
+            x = self.features(wave)
         return {"x": x, "y": self.targets[index], "index": index}
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        return clip_features(wave, self.frontend, self.num_frames)[None]
 
     def cache(self, env: Dist, batch_size: int, num_workers: int) -> None:
         """Compute every clip's features once (each process a share) and serve them from memory."""
         self.cached = collect(lambda x: {"x": x}, self, env, batch_size, num_workers)["x"]
+
+
+class FbankStatistics(ClipDataset):
+    """The hand-crafted reference of frozen evaluations: each clip as `fbank_statistics` [2F]."""
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        return fbank_statistics(wave, self.frontend, self.num_frames)
 
 
 def datasets(split: Split, labels: Labels, frontend: FrontEndConfig, num_frames: int) -> dict[str, ClipDataset]:

@@ -71,15 +71,19 @@ def summary(cfg: FinetuneConfig, labels: Labels, splits, folds: dict[str, dict])
     }
     if not cfg.data.cv:
         return {**head, **folds[""], "config": to_dict(cfg)}
-    mean = {name: aggregate([f[name] for f in folds.values()], np.mean) for name in ("val", "test")}
-    std = {name: aggregate([f[name] for f in folds.values()], np.std) for name in ("val", "test")}
+    mean, std = aggregate(list(folds.values()), np.mean), aggregate(list(folds.values()), np.std)
     return {**head, **mean, "cv": {"folds": folds, "mean": mean, "std": std}, "config": to_dict(cfg)}
 
 
-def aggregate(per_fold: list[dict | None], reduce) -> dict | None:
+def aggregate(per_fold: list, reduce):
+    """The folds' metrics reduced leaf by leaf (val, test, and the references' and blocks' own); a set
+    missing from a fold is None. What the probe chose differs by fold and is left to `cv.folds`."""
     if any(m is None for m in per_fold):
         return None
-    return {k: float(reduce([m[k] for m in per_fold])) for k in per_fold[0]}
+    if isinstance(per_fold[0], dict):
+        return {k: aggregate([m.get(k) for m in per_fold], reduce) for k in per_fold[0]
+                if k not in ("probe", "probe_train_loss")}
+    return float(reduce(per_fold))
 
 
 def write_per_class(report: dict | None, path: Path) -> None:

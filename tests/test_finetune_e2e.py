@@ -108,6 +108,10 @@ def test_fsdd_end_to_end(tmp_path, data, backbone, mode, init):
     for split in ("val", "test"):
         assert set(metrics[split]) == {"accuracy", "macro_f1"}
     assert metrics["test"]["accuracy"] > 0.15 and metrics["val"]["accuracy"] > 0.15, metrics  # chance: 0.10
+    if mode != "full":  # frozen modes score the two references with the same probe on the same split
+        assert set(metrics["baselines"]) == {"random_init", "fbank_stats"}
+        for row in metrics["baselines"].values():
+            assert set(row["test"]) == {"accuracy", "macro_f1"} and row["test"]["accuracy"] > 0.15
     per_class = (out / "per_class.csv").read_text().splitlines()
     assert per_class[0] == "set,name,support,precision,recall,f1" and len(per_class) == 11
     assert (out / "log.jsonl").is_file() and any((out / "tensorboard").iterdir())
@@ -226,18 +230,56 @@ def test_an_embedding_cache_serves_the_next_frozen_run_and_only_unchanged_clips(
 
     monkeypatch.setattr(probe, "collect", counting)
     cache = f"finetune.embedding_cache={tmp_path / 'embeddings.pt'}"
-    knn = run(tmp_path / "knn", copied, f"model.init={backbone}", "finetune.mode=knn")
+
+    def frozen(out, *overrides):  # no references: this test counts the backbone's embeddings
+        return run(out, copied, f"model.init={backbone}", "finetune.baselines=false", *overrides)
+
+    knn = frozen(tmp_path / "knn", "finetune.mode=knn")
     assert sum(embedded) == 120
 
     embedded.clear()
-    run(tmp_path / "linear", copied, f"model.init={backbone}", "finetune.mode=linear", cache)
-    cached_knn = run(tmp_path / "cached", copied, f"model.init={backbone}", "finetune.mode=knn", cache)
+    frozen(tmp_path / "linear", "finetune.mode=linear", cache)
+    cached_knn = frozen(tmp_path / "cached", "finetune.mode=knn", cache)
     assert embedded == [80, 20, 20]  # the probe embedded every clip; the k-NN after it none
     assert cached_knn["test"] == knn["test"] and cached_knn["val"] == knn["val"]
 
     embedded.clear()
     changed = Path(list_audio(copied["test"])[0].path)
     os.utime(changed, ns=(0, changed.stat().st_mtime_ns + 10**9))  # rewritten since: perhaps other audio
-    run(tmp_path / "again", copied, f"model.init={backbone}", "finetune.mode=knn", cache)
-    run(tmp_path / "other", copied, f"model.init={backbone}", "finetune.mode=knn", "finetune.features=mean", cache)
+    frozen(tmp_path / "again", "finetune.mode=knn", cache)
+    frozen(tmp_path / "other", "finetune.mode=knn", "finetune.features=mean", cache)
     assert embedded == [1, 80, 20, 20]  # the changed clip; then everything, for another embedding
+
+
+@pytest.fixture(scope="module")
+def unseen_speaker(tmp_path_factory) -> dict[str, Path]:
+    """Speaker-disjoint: takes 0-29 of three speakers train (with their speaker as the group), 20 takes
+    of george test."""
+    root = tmp_path_factory.mktemp("unseen")
+    train, _, test = fsdd_split(FSDD, "speaker:george")
+    paths = {"train": root / "train.csv", "test": root / "test.csv"}
+    write_csv([i for i in train if i.group in ("jackson", "nicolas", "theo") and take(i) < 30], paths["train"])
+    write_csv([i for i in test if take(i) < 20], paths["test"])
+    return paths
+
+
+def test_a_probe_on_unseen_speakers_chooses_by_speaker_and_reports_the_references(tmp_path, unseen_speaker):
+    metrics = run(tmp_path / "unseen", unseen_speaker, "finetune.mode=linear", "finetune.features=both")
+    probe = metrics["probe"]
+    assert probe["grouped"] and probe["folds"] == 3  # three speakers: one fold each
+    assert probe["cv_scores"][f"{probe['C']:g}"] == max(probe["cv_scores"].values())
+    refs = metrics["baselines"]
+    # A random backbone's probe is no worse than chance on voices it never heard (the old probe, with a
+    # fixed rate and no validation, fitted the training voices and scored below it).
+    assert refs["random_init"]["test"]["accuracy"] >= 0.10, refs
+    assert refs["fbank_stats"]["test"]["accuracy"] > 0.3, refs
+
+
+def test_a_layer_sweep_scores_every_block_and_reads_the_averaged_ones(tmp_path, tiny_data, backbone):
+    metrics = run(tmp_path / "sweep", tiny_data, f"model.init={backbone}", "finetune.mode=knn",
+                  "finetune.layers=[-2,-1]", "finetune.layer_sweep=true", "finetune.baselines=false")
+    assert sorted(metrics["layers"]) == sorted(f"block_{b}" for b in range(1, 13))
+    assert all(0 <= row["test"]["accuracy"] <= 1 for row in metrics["layers"].values())
+    assert not (tmp_path / "sweep" / "best.pt").exists()
+    last = run(tmp_path / "last", tiny_data, f"model.init={backbone}", "finetune.mode=knn", "finetune.baselines=false")
+    assert last["test"] == metrics["layers"]["block_12"]["test"]  # block 12 alone is the default reading

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from asit.frozen import classification_loss, fit_layernorm_probe, knn_scores, select_features, train_probe
+from asit.frozen import (classification_loss, fit_linear_probe, fold_into_head, knn_scores, layer_normed,
+                         select_features, validation_folds)
 
 
 def clusters(num_classes: int, per_class: int, dim: int, seed: int, spread: float = 0.3):
@@ -40,51 +41,83 @@ def test_knn_multilabel_votes_for_every_tag_of_a_neighbour():
     assert scores.tolist() == [[1.0, 1.0, 0.0]]
 
 
-def test_linear_probe_learns_a_separable_set():
+def test_linear_probe_learns_a_separable_set_and_reports_its_choice():
     train, train_y = clusters(4, 50, 12, seed=0)
     test, test_y = clusters(4, 25, 12, seed=1)
-    torch.manual_seed(0)
-    probe = nn.Sequential(nn.LayerNorm(12), nn.Linear(12, 4))
-    history = train_probe(probe, train, torch.eye(4)[train_y], multilabel=False, epochs=40, lr=3e-2,
-                          batch_size=100)
-    assert history[-1] < 0.1 * history[0]
-    with torch.no_grad():
-        assert (probe(test).argmax(1) == test_y).all()
+    probe = fit_linear_probe(train, torch.eye(4)[train_y], multilabel=False, grid=(1e-3, 1e-1, 10.0))
+    assert (probe.logits(test).argmax(1) == test_y).all()
+    assert set(probe.cv_scores) == {1e-3, 1e-1, 10.0} and probe.C in probe.cv_scores
+    assert probe.cv_scores[probe.C] == max(probe.cv_scores.values())
+    assert probe.folds == 5 and not probe.grouped  # no groups given: stratified folds
+    assert probe.summary()["C"] == probe.C
 
 
-def test_layernorm_probe_reads_small_differences_and_folds_into_the_head():
+def test_linear_probe_reads_small_differences_and_folds_into_the_head():
     # Embeddings as a barely trained backbone gives them: one large shared vector, the classes in small
-    # offsets on a few dimensions. Standardising per dimension makes them easy; the fitted head is
+    # offsets on a few dimensions. Standardising per dimension makes them easy; the fitted probe is
     # then the plain LayerNorm + Linear that predicts the same.
     train, train_y = clusters(4, 50, 12, seed=0)
     test, test_y = clusters(4, 25, 12, seed=1)
     shared = 100 * torch.randn(64, generator=torch.Generator().manual_seed(2))
     lift = torch.randn(12, 64, generator=torch.Generator().manual_seed(3)) * 0.02
     train, test = shared + train @ lift, shared + test @ lift
-    torch.manual_seed(0)
-    head = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 4))
+    probe = fit_linear_probe(layer_normed(train, 1e-6), torch.eye(4)[train_y], multilabel=False)
+    head = nn.Sequential(nn.LayerNorm(64, eps=1e-6), nn.Linear(64, 4))
     with torch.no_grad():
         head[0].weight.fill_(3.0)  # whatever the head held before is replaced
-    history = fit_layernorm_probe(head, train, torch.eye(4)[train_y], multilabel=False, epochs=40, lr=3e-2,
-                                  batch_size=100)
-    assert history[-1] < 0.1 * history[0]
+    fold_into_head(head, probe)
     assert torch.equal(head[0].weight, torch.ones(64))
     with torch.no_grad():
+        assert torch.allclose(head(test), probe.logits(layer_normed(test, 1e-6)), atol=1e-4)
         assert (head(test).argmax(1) == test_y).all()
-    plain = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 4))
-    plain_history = train_probe(plain, train, torch.eye(4)[train_y], multilabel=False, epochs=40, lr=3e-2,
-                                batch_size=100)
-    assert plain_history[-1] > 5 * history[-1]
+
+
+def test_two_classes_give_two_logits():
+    train, train_y = clusters(2, 40, 5, seed=0)
+    probe = fit_linear_probe(train, torch.eye(2)[train_y], multilabel=False)
+    logits = probe.logits(train)
+    assert logits.shape == (80, 2) and (logits.argmax(1) == train_y).all()
+
+
+def test_validation_folds_keep_groups_apart_and_fall_back_without_them():
+    labels = np.tile(np.arange(3), 20)  # 60 clips
+    groups = [f"speaker{i % 10}" for i in range(60)]
+    splits, grouped = validation_folds(labels, groups, multilabel=False, folds=5, seed=0)
+    assert grouped and len(splits) == 5
+    for train, val in splits:
+        assert not {groups[i] for i in train} & {groups[i] for i in val}
+    held = sorted(i for _, val in splits for i in val)
+    assert held == list(range(60))  # every clip is validated once
+    # Too few groups for the folds, or a clip without one: stratified folds that mix groups.
+    for few in ([f"g{i % 3}" for i in range(60)], groups[:-1] + [None]):
+        splits, grouped = validation_folds(labels, few, multilabel=False, folds=5, seed=0)
+        assert not grouped and all(len(set(labels[val])) == 3 for _, val in splits)
+
+
+def test_grouped_validation_chooses_what_carries_over_to_unseen_groups():
+    # Each speaker has a voice vector that, in the training set, happens to go with one class more
+    # often; the class itself shows weakly on one dimension. Folds that mix speakers reward memorising
+    # voices (weak regularisation); folds by speaker see through it and pick a stronger one.
+    rng = np.random.default_rng(0)
+    speakers, per = 12, 40
+    voice = rng.standard_normal((speakers, 30)) * 2
+    y = np.concatenate([rng.choice(2, per, p=[0.9, 0.1] if s % 2 else [0.1, 0.9]) for s in range(speakers)])
+    groups = np.repeat(np.arange(speakers), per)
+    x = voice[groups] + rng.standard_normal((len(y), 30)) * 0.5
+    x[:, 0] += (2 * y - 1) * 0.7
+    feats, targets = torch.from_numpy(x).float(), torch.eye(2)[torch.from_numpy(y)]
+    mixed = fit_linear_probe(feats, targets, multilabel=False)
+    by_speaker = fit_linear_probe(feats, targets, multilabel=False, groups=list(groups))
+    assert by_speaker.grouped and not mixed.grouped
+    assert by_speaker.C < mixed.C
+    assert by_speaker.cv_scores[by_speaker.C] < mixed.cv_scores[mixed.C]  # an honest, lower estimate
 
 
 def test_linear_probe_multilabel_learns_independent_tags():
     feats = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
     tags = torch.stack([feats[:, 0] > 0, feats[:, 1] > 0], dim=1).float()  # two linearly separable tags
-    torch.manual_seed(0)
-    probe = nn.Linear(6, 2)
-    train_probe(probe, feats, tags, multilabel=True, epochs=100, lr=5e-2, batch_size=200)
-    with torch.no_grad():
-        assert ((probe(feats) > 0).float() == tags).float().mean() > 0.97
+    probe = fit_linear_probe(feats, tags, multilabel=True)
+    assert ((probe.logits(feats) > 0).float() == tags).float().mean() > 0.97
 
 
 def test_select_features():

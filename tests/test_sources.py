@@ -185,7 +185,7 @@ def test_write_csv_round_trip(tmp_path):
     outside = tmp_path / "outside" / "far.wav"
     items = [
         AudioItem(str(tmp_path / "splits" / "data" / "a.wav"), ("x", "y"), "0"),
-        AudioItem(str(outside), ("z",)),
+        AudioItem(str(outside), ("z",), group="speaker 7"),
         AudioItem(str(tmp_path / "splits" / "b.wav")),
     ]
     table = tmp_path / "splits" / "train.csv"
@@ -195,14 +195,14 @@ def test_write_csv_round_trip(tmp_path):
     with open(table, newline="") as f:
         rows = list(csv.reader(f))
     assert rows == [
-        ["path", "labels", "fold"],
-        ["data/a.wav", "x,y", "0"],
-        [str(outside.resolve()), "z", ""],
-        ["b.wav", "", ""],
+        ["path", "labels", "fold", "group"],
+        ["data/a.wav", "x,y", "0", ""],
+        [str(outside.resolve()), "z", "", "speaker 7"],
+        ["b.wav", "", "", ""],
     ]
     assert list_audio(table) == [
         AudioItem(str(table.parent.resolve() / "data" / "a.wav"), ("x", "y"), "0"),
-        AudioItem(str(outside.resolve()), ("z",)),
+        AudioItem(str(outside.resolve()), ("z",), group="speaker 7"),
         AudioItem(str(table.parent.resolve() / "b.wav")),
     ]
 
@@ -229,4 +229,13 @@ def test_write_csv_keeps_paths_through_a_symlinked_folder_relative(tmp_path):
 
     write_csv([AudioItem(str(tmp_path / "splits" / "data" / "a.wav"))], table)
 
-    assert table.read_text().splitlines()[1] == "data/a.wav,,"
+    assert table.read_text().splitlines()[1] == "data/a.wav,,,"
+
+
+def test_a_group_comes_from_a_group_speaker_or_src_file_column(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("path,label,speaker,src_file\na.wav,x,jackson,1-100.wav\nb.wav,x,,1-200.wav\nc.wav,x,,\n")
+    assert [i.group for i in list_audio(table)] == ["jackson", "1-200.wav", None]
+    manifest = tmp_path / "m.json"
+    manifest.write_text('{"data": [{"wav": "a.wav", "labels": "x", "group": "s1"}, {"wav": "b.wav"}]}')
+    assert [i.group for i in list_audio(manifest)] == ["s1", None]
