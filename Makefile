@@ -6,7 +6,7 @@ TORCH := torch==2.9.1 torchvision==0.24.1
 AUDIO := torch==2.9.1 torchaudio==2.9.1
 CONFIG ?= configs/pretrain/tiny.yaml
 
-.PHONY: install pretrain test bench clean ablations ablations-quick
+.PHONY: install pretrain test bench clean ablations ablations-quick quality
 
 install:
 	@$(PYTHON) -c "import torch, torchvision, torchaudio; assert torch.__version__.startswith('2.9.1')" 2>/dev/null \
@@ -34,6 +34,13 @@ ablations:
 # One at a time: the quick rows are short, and evaluation uses both cores well (about 25 min; no faster with JOBS=2).
 ablations-quick:
 	$(PYTHON) -m ablation all --quick $(ARGS)
+
+# Learning quality (quality/): pretrain the laptop recipe on ../shared/data, probe its teacher on three
+# speaker-disjoint tasks against a random backbone and fbank statistics; writes results/quality.md.
+# One seed by default (about 35 min on 2 cores); SEEDS="0 1" for two.
+SEEDS ?= 0
+quality:
+	$(PYTHON) -m quality run --seeds $(SEEDS) $(ARGS)
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

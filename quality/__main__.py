@@ -1,0 +1,35 @@
+"""python -m quality [run NAME... | table] [--seeds 0 1]: see quality/experiments.py and results/quality.md."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .experiments import BY_NAME, EXPERIMENTS, RECIPE
+from .run import run
+from .table import load_results, render
+from .tasks import REPO
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quality", description=__doc__)
+    parser.add_argument("command", choices=["run", "table"], nargs="?", default="run")
+    parser.add_argument("names", nargs="*", help=f"experiments (default: the recipe, {RECIPE}); "
+                        f"known: {', '.join(BY_NAME)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown experiment {unknown[0]}")
+    if args.command == "run":
+        for name in args.names or [RECIPE]:
+            for seed in args.seeds:
+                run(BY_NAME[name], seed)
+    table = render(load_results(), RECIPE, [e.name for e in EXPERIMENTS])
+    path = REPO / "results" / "quality.md"
+    path.write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""One quality run: pretrain a recipe on the benchmark's unlabelled audio, then probe its teacher on
+every task against the two references (a random backbone, fbank statistics).
+
+runs/quality/<name>/seed<k>/pretrain/   the pretraining run (resumable)
+runs/quality/<name>/seed<k>/<task>/     the frozen evaluation (metrics.json)
+results/quality/<name>-seed<k>.json     what the table reads: scores, budget, time (committed)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tasks import REPO, Task, build
+
+RUNS = REPO / "runs" / "quality"
+RESULTS = REPO / "results" / "quality"
+PRETRAIN_CONFIG = "configs/pretrain/tiny.yaml"  # the laptop recipe, as `make pretrain` runs it
+PROBE_CONFIG = "configs/quality/probe.yaml"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    what: str
+    overrides: tuple[str, ...] = ()  # of the laptop recipe (configs/pretrain/tiny.yaml)
+
+
+def call(args: list[str], log: Path) -> float:
+    """Run `args` from the repository root, output appended to `log`; returns the seconds it took."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tic = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + shlex.join(args) + "\n")
+        f.flush()
+        result = subprocess.run(args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise SystemExit(f"failed ({result.returncode}): {shlex.join(args)}; see {log}")
+    return time.perf_counter() - tic
+
+
+def last_step(run_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return rows[-1]
+
+
+def run(exp: Experiment, seed: int) -> dict:
+    """Pretrain and evaluate `exp` with `seed` (each part skipped if done); returns its result."""
+    out = RUNS / exp.name / f"seed{seed}"
+    result_path = RESULTS / f"{exp.name}-seed{seed}.json"
+    previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    pretrain_csv, tasks = build(RUNS / "data")
+    pretrain_dir = out / "pretrain"
+    backbone = pretrain_dir / "teacher_backbone.pt"
+    args = [sys.executable, "-m", "pretrain", "--config", PRETRAIN_CONFIG, f"data.train={pretrain_csv}",
+            f"output_dir={pretrain_dir}", f"seed={seed}", *exp.overrides]
+    result = {"name": exp.name, "what": exp.what, "seed": seed, "overrides": list(exp.overrides),
+              "pretrain_seconds": previous.get("pretrain_seconds"), "tasks": previous.get("tasks", {})}
+    if not backbone.exists() or "pretrain_seconds" not in previous:
+        result["pretrain_seconds"] = call(args, out / "pretrain.log")
+    final = last_step(pretrain_dir)
+    result |= {"steps": final.get("step"), "seconds_per_step": final.get("time/seconds_per_step"),
+               "entropy": final.get("collapse/global_entropy_frac")}
+    for task in tasks:
+        if task.name not in result["tasks"]:
+            result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed)
+            save(result, result_path)
+    save(result, result_path)
+    return result
+
+
+def evaluate(task: Task, backbone: Path, out: Path, seed: int) -> dict:
+    """The frozen probe of `backbone` on `task`: test accuracy of it and of the references, in %."""
+    args = [sys.executable, "-m", "finetune", "--config", PROBE_CONFIG, *task.overrides,
+            f"model.init={backbone}", f"output_dir={out}", f"seed={seed}",
+            # The random backbone and fbank references depend on the task and seed only: embedded once.
+            f"finetune.embedding_cache={RUNS / 'embeddings' / f'{task.name}-seed{seed}.pt'}"]
+    seconds = call(args, out.with_suffix(".log"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    part = "val" if metrics.get("cv") else "test"  # in cross-validation each held-out fold is "val"
+
+    def accuracy(row: dict) -> float:
+        return round(100 * row[part]["accuracy"], 2)
+
+    return {"asit": accuracy(metrics), **{name: accuracy(row) for name, row in metrics["baselines"].items()},
+            "seconds": round(seconds, 1)}
+
+
+def save(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,93 @@
+"""results/quality.md: the laptop recipe against the references on every task, and every experiment."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .run import RESULTS
+from .tasks import FSDD_HELD_OUT
+
+TASKS = {  # name -> (what, chance in %)
+    "fsdd": (f"FSDD digits, speaker {FSDD_HELD_OUT} never heard", 10.0),
+    "hyke": ("Hyke speaker ID (83), line 1 trains, lines 2-5 test", 100 / 83),
+    "commands": ("Speech Commands sample, 30 words, 5-fold CV by speaker", 100 / 30),
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_results(folder: Path = RESULTS) -> dict[str, list[dict]]:
+    """name -> the results of its seeds that finished every task, by seed."""
+    by_name: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        if set(TASKS) <= set(result.get("tasks", {})):
+            by_name.setdefault(result["name"], []).append(result)
+    return {name: sorted(rows, key=lambda r: r["seed"]) for name, rows in by_name.items()}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+
+def render(results: dict[str, list[dict]], recipe: str, order: list[str]) -> str:
+    lines = [
+        "# Learning quality: does pretraining beat a random backbone and fbank statistics?", "",
+        f"Made by `make quality` (`python -m quality`) on {os.cpu_count()} cores of a {cpu_name()}, "
+        f"{time.strftime('%Y-%m-%d')}. Test accuracy in %; mean ± sample std over seeds where there are "
+        "several. The probe: logistic regression on the frozen teacher's [class token, mean of patch "
+        "tokens] (last block), C chosen by 5-fold cross-validation grouped by speaker (Hyke: by 8 s "
+        "stretches of the training recording); the references get the same probe on the same split. "
+        "`random init`: the same ViT-tiny untrained (the run's seed); `fbank stats`: per-bin mean and "
+        "std over time of the same 96 frames (256 numbers).", "",
+    ]
+    if recipe in results:
+        rows = results[recipe]
+        r0 = rows[0]
+        minutes = [r["pretrain_seconds"] / 60 for r in rows]
+        lines += [f"## The laptop recipe (`{recipe}`): {len(rows)} seed(s) ({', '.join(str(r['seed']) for r in rows)})",
+                  "", f"Pretraining: `configs/pretrain/tiny.yaml` {' '.join(r0['overrides'])} on the "
+                  f"benchmark's unlabelled audio, {r0['steps']} steps of 32 clips, "
+                  f"{mean_std(minutes)} min each.", "",
+                  "| task | chance | random init | fbank stats | asit teacher | asit - random |",
+                  "|---|---|---|---|---|---|"]
+        for task, (what, chance) in TASKS.items():
+            col = {k: [r["tasks"][task][k] for r in rows] for k in ("random_init", "fbank_stats", "asit")}
+            gap = [a - b for a, b in zip(col["asit"], col["random_init"])]
+            lines.append(f"| {what} | {chance:.1f} | {mean_std(col['random_init'])} | {mean_std(col['fbank_stats'])} "
+                         f"| {mean_std(col['asit'])} | {mean_std(gap)} |")
+        lines.append("")
+    lines += ["## Experiments", "", "Each row changes the recipe of its time as said (overrides of "
+              "`configs/pretrain/tiny.yaml`); seeds in brackets.", "",
+              "| experiment | change | steps | min | " + " | ".join(TASKS) + " |",
+              "|---|---|---|---|" + "---|" * len(TASKS)]
+    for name in order + sorted(set(results) - set(order)):
+        rows = results.get(name)
+        if not rows:
+            continue
+        scores = " | ".join(mean_std([r["tasks"][t]["asit"] for r in rows]) for t in TASKS)
+        minutes = mean_std([r["pretrain_seconds"] / 60 for r in rows])
+        change = " ".join(f"`{o}`" for o in rows[0]["overrides"]) or "(none)"
+        lines.append(f"| {name} [{','.join(str(r['seed']) for r in rows)}] | {rows[0]['what']}: {change} "
+                     f"| {rows[0]['steps']} | {minutes} | {scores} |")
+    refs = {t: {k: mean_std([r["tasks"][t][k] for rs in results.values() for r in rs]) for k in ("random_init", "fbank_stats")}
+            for t in TASKS}
+    lines += ["", "References over every run above (their seeds): " + "; ".join(
+        f"{t}: random {refs[t]['random_init']}, fbank {refs[t]['fbank_stats']}" for t in TASKS) + "."]
+    return "\n".join(lines) + "\n"

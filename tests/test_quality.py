@@ -1,0 +1,58 @@
+"""The learning-quality benchmark: its tasks are speaker-disjoint and its table reports what was run."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from asit.sources import list_audio
+from quality.run import Experiment
+from quality.table import load_results, render
+from quality.tasks import build, data_root
+
+SHARED = data_root()
+
+
+@pytest.mark.skipif(not (SHARED / "hyke_speaker_id").is_dir() or not (SHARED / "fsdd").is_dir(),
+                    reason=f"real audio not available: {SHARED} is absent")
+def test_tasks_keep_test_voices_and_lines_out_of_training_and_pretraining(tmp_path):
+    pretrain, tasks = build(tmp_path)
+    assert [t.name for t in tasks] == ["fsdd", "hyke", "commands"]
+    csv = {name: list_audio(tmp_path / f"{name}.csv") for name in
+           ("fsdd_train", "fsdd_test", "hyke_train", "hyke_test", "commands", "pretrain")}
+    assert {i.group for i in csv["fsdd_test"]} == {"george"}
+    assert "george" not in {i.group for i in csv["fsdd_train"]} and len(csv["fsdd_test"]) == 500
+    pretrained = {Path(i.path).name for i in csv["pretrain"]}
+    assert not pretrained & {Path(i.path).name for i in csv["fsdd_test"] + csv["hyke_test"]}
+    # Hyke: line 1 trains (crops named <id>_1_...), lines 2-5 test; the same 83 speakers on both sides.
+    assert all(Path(i.path).stem.split("_")[1] == "1" for i in csv["hyke_train"])
+    assert all(Path(i.path).stem.split("_")[1] in "2345" for i in csv["hyke_test"])
+    assert {i.labels for i in csv["hyke_train"]} == {i.labels for i in csv["hyke_test"]}
+    assert len({i.labels for i in csv["hyke_train"]}) == 83
+    # Keyword spotting: every speaker's clips lie in one fold.
+    folds = {}
+    for item in csv["commands"]:
+        folds.setdefault(item.group, set()).add(item.fold)
+    assert all(len(f) == 1 for f in folds.values()) and len(set().union(*folds.values())) == 5
+    assert build(tmp_path)[0] == pretrain  # a second build reuses the crops
+
+
+def result(name: str, seed: int, asit: float, random: float) -> dict:
+    task = {"asit": asit, "random_init": random, "fbank_stats": 50.0, "seconds": 1.0}
+    return {"name": name, "what": "a change", "seed": seed, "overrides": ["train.lr=0.01"], "pretrain_seconds": 600,
+            "steps": 1000, "tasks": {t: task for t in ("fsdd", "hyke", "commands")}}
+
+
+def test_the_table_gives_mean_and_sample_std_over_seeds_and_skips_unfinished_runs(tmp_path):
+    for seed, (asit, random) in enumerate([(60.0, 10.0), (70.0, 20.0)]):
+        (tmp_path / f"recipe-seed{seed}.json").write_text(json.dumps(result("recipe", seed, asit, random)))
+    unfinished = result("other", 0, 1.0, 1.0)
+    del unfinished["tasks"]["hyke"]
+    (tmp_path / "other-seed0.json").write_text(json.dumps(unfinished))
+    results = load_results(tmp_path)
+    assert list(results) == ["recipe"] and [r["seed"] for r in results["recipe"]] == [0, 1]
+    table = render(results, "recipe", [Experiment("recipe", "").name])
+    assert "2 seed(s) (0, 1)" in table
+    # asit 65 ± 7.1 (sample std of 60 and 70), random 15 ± 7.1, asit - random 50 ± 0.0
+    assert "| 15.0 ± 7.1 | 50.0 ± 0.0 | 65.0 ± 7.1 | 50.0 ± 0.0 |" in table
+    assert "| recipe [0,1] | a change: `train.lr=0.01` | 1000 | 10.0 ± 0.0 | 65.0 ± 7.1 |" in table
