@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from einops import reduce
 from torch import nn
 
 from .checkpoint import load
@@ -70,17 +71,26 @@ class ASTModel(nn.Module):
         )
 
     def embed(self, x: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """x [B, 1, F, T] -> {"cls": (cls + dist) / 2, "mean": mean of the patch tokens}, read after the
-        final norm (what frozen evaluations use): each [B, D] from the last block, or, with `blocks`
-        (0-based indices), [B, len(blocks), D] from those blocks, each put through the final norm."""
+        """x [B, 1, F, T] -> {"cls": (cls + dist) / 2, "mean": mean of the patch tokens, "freq": the
+        patch tokens of each frequency row averaged over time, rows concatenated}, read after the final
+        norm (what frozen evaluations use): each [B, D] ([B, rows * D] for freq) from the last block,
+        or, with `blocks` (0-based indices), [B, len(blocks), ...] from those, each through the final norm.
+
+        freq keeps what the mean of all patches averages away, where in frequency a pattern is (the
+        readout of MSM-MAE, M2D and ATST for frozen audio ViTs).
+        """
         prefix = self.backbone.num_prefix_tokens
+        rows = self.backbone.patch_embed.grid_size[0]
         if blocks is None:
             tokens = self.backbone.forward_features(x)  # [B, prefix + N, D], prefix = [cls, dist] or [cls]
-            return {"cls": tokens[:, :prefix].mean(dim=1), "mean": tokens[:, prefix:].mean(dim=1)}
-        picked = self.backbone.forward_intermediates(x, indices=blocks, return_prefix_tokens=True, norm=True,
-                                                     stop_early=True, output_fmt="NLC", intermediates_only=True)
-        return {"cls": torch.stack([p.mean(dim=1) for _, p in picked], dim=1),
-                "mean": torch.stack([t.mean(dim=1) for t, _ in picked], dim=1)}
+            picked = [(tokens[:, prefix:], tokens[:, :prefix])]
+        else:
+            picked = self.backbone.forward_intermediates(x, indices=blocks, return_prefix_tokens=True, norm=True,
+                                                         stop_early=True, output_fmt="NLC", intermediates_only=True)
+        out = {"cls": [p.mean(dim=1) for _, p in picked], "mean": [t.mean(dim=1) for t, _ in picked],
+               "freq": [reduce(t, "b (f t) d -> b (f d)", "mean", f=rows) for t, _ in picked]}
+        stack = (lambda xs: xs[0]) if blocks is None else (lambda xs: torch.stack(xs, dim=1))
+        return {name: stack(values) for name, values in out.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x)[POOLS[self.cfg.pool]])  # [B, C]

@@ -17,12 +17,12 @@ from torch import nn
 
 from .metrics import multilabel_metrics
 
-FEATURES = ("cls", "mean", "both")
+FEATURES = ("cls", "mean", "both", "freq")
 
 
 def select_features(embeddings: dict[str, torch.Tensor], which: str) -> torch.Tensor:
-    """The class-token embedding, the mean of patch tokens, or both concatenated on the last axis:
-    [..., D] or [..., 2D]."""
+    """The class-token embedding, the mean of patch tokens, both concatenated on the last axis, or the
+    per-frequency-row means (`ASTModel.embed`): [..., D], [..., 2D] or [..., rows * D]."""
     if which == "both":
         return torch.cat([embeddings["cls"], embeddings["mean"]], dim=-1)
     if which not in embeddings:
@@ -87,12 +87,13 @@ C_GRID = tuple(10.0 ** e for e in range(-4, 3))  # 1e-4 ... 1e2
 
 
 def validation_folds(targets: np.ndarray, groups: list | None, multilabel: bool, folds: int, seed: int):
-    """(splits, grouped): K folds that keep each group on one side when every clip has a group and
-    there are at least K groups, else folds stratified by class (plain K-fold for tags)."""
+    """(splits, grouped): K folds that keep each group on one side when every clip has a group (as many
+    folds as groups if there are fewer than K), else folds stratified by class (plain K-fold for tags)."""
     from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     x = np.zeros((len(targets), 1))
-    if groups is not None and all(g is not None for g in groups) and len(set(groups)) >= folds:
+    if groups is not None and all(g is not None for g in groups) and len(set(groups)) >= 2:
+        folds = min(folds, len(set(groups)))  # fewer groups than folds: leave one group out
         splitter = GroupKFold(folds) if multilabel else StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
         return list(splitter.split(x, targets, groups)), True
     if multilabel:

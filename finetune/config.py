@@ -95,7 +95,9 @@ class ModeConfig:
     # full: fine-tune everything (AST). linear: a linear probe, knn: weighted k-NN, both on embeddings of
     # the frozen backbone computed once per clip.
     mode: Literal["full", "linear", "knn"] = "full"
-    features: Literal["cls", "mean", "both"] = "cls"  # frozen modes: class token, mean of patches, both
+    # Frozen modes: class token, mean of patches, both, or freq: each frequency row of patches averaged
+    # over time, rows concatenated (keeps where in frequency a pattern is; MSM-MAE / M2D's readout).
+    features: Literal["cls", "mean", "both", "freq"] = "cls"
     # The blocks the frozen modes read, averaged (each through the backbone's final norm), counted from
     # 1; negative from the end: [-1] the last, [-4, -3, -2, -1] the mean of the last four, [8] block 8.
     # Audio SSL models are often best read below the top. A best.pt is saved only for the last block.

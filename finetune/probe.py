@@ -100,7 +100,7 @@ def run_frozen(cfg: FinetuneConfig, split: Split, labels: Labels, out: Path, env
     runlog = RunLog(out)
     if probe is not None:
         results["probe"] = probe.summary()
-        if f.features != "both" and blocks == [depth - 1]:
+        if f.features in ("cls", "mean") and blocks == [depth - 1]:
             fold_into_head(model.head, probe)
             atomic_save(classifier_checkpoint(model.cpu(), model.cfg, frontend, list(labels.names), labels.multilabel,
                                               {"config": to_dict(cfg)}), out / "best.pt")

@@ -4,7 +4,17 @@ Each variant is the recipe of its time plus overrides; once a variant wins it be
 configs/pretrain/tiny.yaml, and its row keeps the overrides it was measured with.
 """
 
-from .run import Experiment
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    what: str
+    overrides: tuple[str, ...] = ()  # of the laptop recipe (configs/pretrain/tiny.yaml)
+    probe: tuple[str, ...] = ()  # of the probe (configs/quality/probe.yaml)
+    teacher_of: str | None = None  # read another experiment's teacher instead of pretraining one
+
 
 RECIPE = "recipe"
 EXPERIMENTS = [
@@ -17,5 +27,11 @@ EXPERIMENTS = [
     # log-mel 0, as classification clips are, instead of padding the waveform (the fbank's floor).
     Experiment("logmel_pad", "as lr_4e-3, short views padded in the log-mel domain (reverted: worse)",
                ("train.lr=0.004", "train.epochs=10")),
+    Experiment("budget_4ep", "the recipe for 4 epochs (the 5-minute point of the budget curve)",
+               ("train.epochs=4",)),
+    Experiment("recipe_freq", "the recipe's teacher read by frequency row (probe: finetune.features=freq)",
+               probe=("finetune.features=freq",), teacher_of=RECIPE),
+    Experiment("recipe_sweep", "the recipe's teacher, every block read alone (probe: finetune.layer_sweep=true)",
+               probe=("finetune.layer_sweep=true",), teacher_of=RECIPE),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}

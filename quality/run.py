@@ -14,22 +14,15 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from .experiments import BY_NAME, Experiment
 from .tasks import REPO, Task, build
 
 RUNS = REPO / "runs" / "quality"
 RESULTS = REPO / "results" / "quality"
 PRETRAIN_CONFIG = "configs/pretrain/tiny.yaml"  # the laptop recipe, as `make pretrain` runs it
 PROBE_CONFIG = "configs/quality/probe.yaml"
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    what: str
-    overrides: tuple[str, ...] = ()  # of the laptop recipe (configs/pretrain/tiny.yaml)
 
 
 def call(args: list[str], log: Path) -> float:
@@ -56,28 +49,34 @@ def run(exp: Experiment, seed: int) -> dict:
     result_path = RESULTS / f"{exp.name}-seed{seed}.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
     pretrain_csv, tasks = build(RUNS / "data")
-    pretrain_dir = out / "pretrain"
-    backbone = pretrain_dir / "teacher_backbone.pt"
-    args = [sys.executable, "-m", "pretrain", "--config", PRETRAIN_CONFIG, f"data.train={pretrain_csv}",
-            f"output_dir={pretrain_dir}", f"seed={seed}", *exp.overrides]
     result = {"name": exp.name, "what": exp.what, "seed": seed, "overrides": list(exp.overrides),
-              "pretrain_seconds": previous.get("pretrain_seconds"), "tasks": previous.get("tasks", {})}
-    if not backbone.exists() or "pretrain_seconds" not in previous:
-        result["pretrain_seconds"] = call(args, out / "pretrain.log")
+              "probe": list(exp.probe), "pretrain_seconds": previous.get("pretrain_seconds"),
+              "tasks": previous.get("tasks", {})}
+    if exp.teacher_of:
+        teacher = run(BY_NAME[exp.teacher_of], seed)
+        pretrain_dir = RUNS / exp.teacher_of / f"seed{seed}" / "pretrain"
+        result |= {"overrides": teacher["overrides"], "pretrain_seconds": teacher["pretrain_seconds"]}
+    else:
+        pretrain_dir = out / "pretrain"
+        args = [sys.executable, "-m", "pretrain", "--config", PRETRAIN_CONFIG, f"data.train={pretrain_csv}",
+                f"output_dir={pretrain_dir}", f"seed={seed}", *exp.overrides]
+        if not (pretrain_dir / "teacher_backbone.pt").exists() or "pretrain_seconds" not in previous:
+            result["pretrain_seconds"] = call(args, out / "pretrain.log")
+    backbone = pretrain_dir / "teacher_backbone.pt"
     final = last_step(pretrain_dir)
     result |= {"steps": final.get("step"), "seconds_per_step": final.get("time/seconds_per_step"),
                "entropy": final.get("collapse/global_entropy_frac")}
     for task in tasks:
         if task.name not in result["tasks"]:
-            result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed)
+            result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed, exp.probe)
             save(result, result_path)
     save(result, result_path)
     return result
 
 
-def evaluate(task: Task, backbone: Path, out: Path, seed: int) -> dict:
+def evaluate(task: Task, backbone: Path, out: Path, seed: int, probe: tuple[str, ...] = ()) -> dict:
     """The frozen probe of `backbone` on `task`: test accuracy of it and of the references, in %."""
-    args = [sys.executable, "-m", "finetune", "--config", PROBE_CONFIG, *task.overrides,
+    args = [sys.executable, "-m", "finetune", "--config", PROBE_CONFIG, *task.overrides, *probe,
             f"model.init={backbone}", f"output_dir={out}", f"seed={seed}",
             # The random backbone and fbank references depend on the task and seed only: embedded once.
             f"finetune.embedding_cache={RUNS / 'embeddings' / f'{task.name}-seed{seed}.pt'}"]
@@ -88,8 +87,11 @@ def evaluate(task: Task, backbone: Path, out: Path, seed: int) -> dict:
     def accuracy(row: dict) -> float:
         return round(100 * row[part]["accuracy"], 2)
 
-    return {"asit": accuracy(metrics), **{name: accuracy(row) for name, row in metrics["baselines"].items()},
-            "seconds": round(seconds, 1)}
+    scores = {"asit": accuracy(metrics), **{name: accuracy(row) for name, row in metrics["baselines"].items()},
+              "seconds": round(seconds, 1)}
+    if "layers" in metrics:
+        scores["layers"] = {name: accuracy(row) for name, row in metrics["layers"].items()}
+    return scores
 
 
 def save(result: dict, path: Path) -> None:

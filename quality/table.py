@@ -13,6 +13,7 @@ import numpy as np
 from .run import RESULTS
 from .tasks import FSDD_HELD_OUT
 
+TARGET_MARGIN = 15.0  # points over the random backbone that pretraining must add, on every task
 TASKS = {  # name -> (what, chance in %)
     "fsdd": (f"FSDD digits, speaker {FSDD_HELD_OUT} never heard", 10.0),
     "hyke": ("Hyke speaker ID (83), line 1 trains, lines 2-5 test", 100 / 83),
@@ -61,8 +62,9 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str]) -> str
         rows = results[recipe]
         r0 = rows[0]
         minutes = [r["pretrain_seconds"] / 60 for r in rows]
+        verdicts = []
         lines += [f"## The laptop recipe (`{recipe}`): {len(rows)} seed(s) ({', '.join(str(r['seed']) for r in rows)})",
-                  "", f"Pretraining: `configs/pretrain/tiny.yaml` {' '.join(r0['overrides'])} on the "
+                  "", f"Pretraining: `configs/pretrain/tiny.yaml`{''.join(' ' + o for o in r0['overrides'])} on the "
                   f"benchmark's unlabelled audio, {r0['steps']} steps of 32 clips, "
                   f"{mean_std(minutes)} min each.", "",
                   "| task | chance | random init | fbank stats | asit teacher | asit - random |",
@@ -72,22 +74,36 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str]) -> str
             gap = [a - b for a, b in zip(col["asit"], col["random_init"])]
             lines.append(f"| {what} | {chance:.1f} | {mean_std(col['random_init'])} | {mean_std(col['fbank_stats'])} "
                          f"| {mean_std(col['asit'])} | {mean_std(gap)} |")
-        lines.append("")
+            won = min(gap) >= TARGET_MARGIN and all(a > f for a, f in zip(col["asit"], col["fbank_stats"]))
+            verdicts.append(f"{task} {'won' if won else 'not won'}")
+        lines += ["", f"Target (every seed: asit at least {TARGET_MARGIN:g} points above random init and above "
+                  f"fbank stats): {', '.join(verdicts)}.", ""]
     lines += ["## Experiments", "", "Each row changes the recipe of its time as said (overrides of "
-              "`configs/pretrain/tiny.yaml`); seeds in brackets.", "",
+              "`configs/pretrain/tiny.yaml`, or of the probe); seeds in brackets. Each task: asit teacher / "
+              "random init with the row's probe (fbank stats, which no row changes: "
+              + ", ".join(f"{t} {mean_std([r['tasks'][t]['fbank_stats'] for rs in results.values() for r in rs])}"
+                          for t in TASKS) + ").", "",
               "| experiment | change | steps | min | " + " | ".join(TASKS) + " |",
               "|---|---|---|---|" + "---|" * len(TASKS)]
+    sweeps = []
     for name in order + sorted(set(results) - set(order)):
         rows = results.get(name)
         if not rows:
             continue
-        scores = " | ".join(mean_std([r["tasks"][t]["asit"] for r in rows]) for t in TASKS)
+        scores = " | ".join(f"{mean_std([r['tasks'][t]['asit'] for r in rows])} / "
+                            f"{mean_std([r['tasks'][t]['random_init'] for r in rows])}" for t in TASKS)
         minutes = mean_std([r["pretrain_seconds"] / 60 for r in rows])
-        change = " ".join(f"`{o}`" for o in rows[0]["overrides"]) or "(none)"
+        change = " ".join(f"`{o}`" for o in rows[0]["overrides"] + rows[0].get("probe", [])) or "(none)"
         lines.append(f"| {name} [{','.join(str(r['seed']) for r in rows)}] | {rows[0]['what']}: {change} "
                      f"| {rows[0]['steps']} | {minutes} | {scores} |")
-    refs = {t: {k: mean_std([r["tasks"][t][k] for rs in results.values() for r in rs]) for k in ("random_init", "fbank_stats")}
-            for t in TASKS}
-    lines += ["", "References over every run above (their seeds): " + "; ".join(
-        f"{t}: random {refs[t]['random_init']}, fbank {refs[t]['fbank_stats']}" for t in TASKS) + "."]
+        if "layers" in rows[0]["tasks"]["fsdd"]:
+            sweeps.append((name, rows))
+    for name, rows in sweeps:
+        blocks = list(rows[0]["tasks"]["fsdd"]["layers"])
+        lines += ["", f"Every block of `{name}` read alone (asit teacher, same probe):", "",
+                  "| task | " + " | ".join(b.replace("block_", "") for b in blocks) + " |",
+                  "|---|" + "---|" * len(blocks)]
+        for task in TASKS:
+            lines.append(f"| {task} | " + " | ".join(mean_std([r["tasks"][task]["layers"][b] for r in rows])
+                                                     for b in blocks) + " |")
     return "\n".join(lines) + "\n"

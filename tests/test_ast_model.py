@@ -191,3 +191,17 @@ def test_a_short_clip_is_one_window_equal_to_clip_features():
     windows = clip_windows(wave, cfg, 100)
     assert windows.shape == (1, 128, 100)
     torch.testing.assert_close(windows[0], clip_features(wave, cfg, 100))
+
+
+def test_embeddings_of_a_block_and_the_frequency_rows_that_the_mean_averages():
+    torch.manual_seed(0)
+    model = ASTModel(ASTConfig("tiny", 0, num_frames=96, patch_stride=16, dist_token=False)).eval()
+    x = torch.randn(2, 1, 128, 96)
+    with torch.no_grad():
+        last, picked = model.embed(x), model.embed(x, [5, 11])
+    rows = last["freq"].reshape(2, 8, 192)  # 8 frequency rows of 6 patches each
+    assert torch.allclose(rows.mean(dim=1), last["mean"], atol=1e-6)
+    assert not torch.allclose(rows[:, 0], rows[:, 7])
+    for name in ("cls", "mean", "freq"):  # block 12 through the final norm is the last embedding
+        assert picked[name].shape[1] == 2 and torch.allclose(picked[name][:, 1], last[name], atol=1e-5)
+        assert not torch.allclose(picked[name][:, 0], last[name])

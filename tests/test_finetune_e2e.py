@@ -111,7 +111,7 @@ def test_fsdd_end_to_end(tmp_path, data, backbone, mode, init):
     if mode != "full":  # frozen modes score the two references with the same probe on the same split
         assert set(metrics["baselines"]) == {"random_init", "fbank_stats"}
         for row in metrics["baselines"].values():
-            assert set(row["test"]) == {"accuracy", "macro_f1"} and row["test"]["accuracy"] > 0.15
+            assert set(row["test"]) == {"accuracy", "macro_f1"} and set(row["val"]) == {"accuracy", "macro_f1"}
     per_class = (out / "per_class.csv").read_text().splitlines()
     assert per_class[0] == "set,name,support,precision,recall,f1" and len(per_class) == 11
     assert (out / "log.jsonl").is_file() and any((out / "tensorboard").iterdir())
@@ -253,20 +253,21 @@ def test_an_embedding_cache_serves_the_next_frozen_run_and_only_unchanged_clips(
 
 @pytest.fixture(scope="module")
 def unseen_speaker(tmp_path_factory) -> dict[str, Path]:
-    """Speaker-disjoint: takes 0-29 of three speakers train (with their speaker as the group), 20 takes
-    of george test."""
+    """Speaker-disjoint: takes 5-49 of the five other speakers train (with their speaker as the group),
+    every take of george tests: `make quality`'s FSDD task."""
     root = tmp_path_factory.mktemp("unseen")
-    train, _, test = fsdd_split(FSDD, "speaker:george")
+    train, val, test = fsdd_split(FSDD, "speaker:george")
     paths = {"train": root / "train.csv", "test": root / "test.csv"}
-    write_csv([i for i in train if i.group in ("jackson", "nicolas", "theo") and take(i) < 30], paths["train"])
-    write_csv([i for i in test if take(i) < 20], paths["test"])
+    write_csv(train, paths["train"])
+    write_csv(test, paths["test"])
     return paths
 
 
 def test_a_probe_on_unseen_speakers_chooses_by_speaker_and_reports_the_references(tmp_path, unseen_speaker):
-    metrics = run(tmp_path / "unseen", unseen_speaker, "finetune.mode=linear", "finetune.features=both")
+    metrics = run(tmp_path / "unseen", unseen_speaker, "finetune.mode=linear", "finetune.features=both",
+                  "model.num_frames=96")  # the quality benchmark's input: 0.97 s
     probe = metrics["probe"]
-    assert probe["grouped"] and probe["folds"] == 3  # three speakers: one fold each
+    assert probe["grouped"] and probe["folds"] == 5  # five speakers: one fold each
     assert probe["cv_scores"][f"{probe['C']:g}"] == max(probe["cv_scores"].values())
     refs = metrics["baselines"]
     # A random backbone's probe is no worse than chance on voices it never heard (the old probe, with a

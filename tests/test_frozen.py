@@ -88,10 +88,13 @@ def test_validation_folds_keep_groups_apart_and_fall_back_without_them():
         assert not {groups[i] for i in train} & {groups[i] for i in val}
     held = sorted(i for _, val in splits for i in val)
     assert held == list(range(60))  # every clip is validated once
-    # Too few groups for the folds, or a clip without one: stratified folds that mix groups.
-    for few in ([f"g{i % 3}" for i in range(60)], groups[:-1] + [None]):
-        splits, grouped = validation_folds(labels, few, multilabel=False, folds=5, seed=0)
-        assert not grouped and all(len(set(labels[val])) == 3 for _, val in splits)
+    # Three groups for five folds: one group out at a time.
+    few = [f"g{i % 3}" for i in range(60)]
+    splits, grouped = validation_folds(labels, few, multilabel=False, folds=5, seed=0)
+    assert grouped and sorted({few[i] for i in val}.pop() for _, val in splits) == ["g0", "g1", "g2"]
+    # A clip without a group: stratified folds that mix groups.
+    splits, grouped = validation_folds(labels, groups[:-1] + [None], multilabel=False, folds=5, seed=0)
+    assert not grouped and all(len(set(labels[val])) == 3 for _, val in splits)
 
 
 def test_grouped_validation_chooses_what_carries_over_to_unseen_groups():

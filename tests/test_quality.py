@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from asit.sources import list_audio
-from quality.run import Experiment
+from quality.experiments import Experiment
 from quality.table import load_results, render
 from quality.tasks import build, data_root
 
@@ -55,4 +55,4 @@ def test_the_table_gives_mean_and_sample_std_over_seeds_and_skips_unfinished_run
     assert "2 seed(s) (0, 1)" in table
     # asit 65 ± 7.1 (sample std of 60 and 70), random 15 ± 7.1, asit - random 50 ± 0.0
     assert "| 15.0 ± 7.1 | 50.0 ± 0.0 | 65.0 ± 7.1 | 50.0 ± 0.0 |" in table
-    assert "| recipe [0,1] | a change: `train.lr=0.01` | 1000 | 10.0 ± 0.0 | 65.0 ± 7.1 |" in table
+    assert "| recipe [0,1] | a change: `train.lr=0.01` | 1000 | 10.0 ± 0.0 | 65.0 ± 7.1 / 15.0 ± 7.1 |" in table
