@@ -33,5 +33,7 @@ EXPERIMENTS = [
                probe=("finetune.features=freq",), teacher_of=RECIPE),
     Experiment("recipe_sweep", "the recipe's teacher, every block read alone (probe: finetune.layer_sweep=true)",
                probe=("finetune.layer_sweep=true",), teacher_of=RECIPE),
+    Experiment("recipe_freq_sweep", "the recipe's teacher read by frequency row, every block alone",
+               probe=("finetune.features=freq", "finetune.layer_sweep=true"), teacher_of=RECIPE),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
