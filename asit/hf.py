@@ -94,6 +94,17 @@ def from_hf(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tens
     return out
 
 
+def hf_ast_config(cfg: ASTConfig, **extra):
+    """transformers' ASTConfig of the network asit's `cfg` describes (`extra`: labels and the like)."""
+    width, heads = ARCHS[cfg.arch]
+    return _transformers().ASTConfig(
+        hidden_size=width, num_hidden_layers=DEPTH, num_attention_heads=heads, intermediate_size=4 * width,
+        hidden_act="gelu", layer_norm_eps=NORM_EPS, qkv_bias=True, patch_size=cfg.patch_size,
+        frequency_stride=cfg.patch_stride, time_stride=cfg.patch_stride, max_length=cfg.num_frames,
+        num_mel_bins=cfg.num_mel_bins, **extra,
+    )
+
+
 def export_hf(classifier_ckpt_path: str | Path, out_dir: str | Path) -> Path:
     """Write an asit classifier as a directory that `ASTForAudioClassification.from_pretrained` and
     `ASTFeatureExtractor.from_pretrained` load, giving the same logits on the same audio."""
@@ -114,15 +125,9 @@ def export_hf(classifier_ckpt_path: str | Path, out_dir: str | Path) -> Path:
         # ASTFeatureExtractor always uses kaldi's 25 ms / 10 ms frames.
         raise ValueError(f"{source}: frames of {frontend.frame_length_ms}/{frontend.frame_shift_ms} ms cannot be "
                          f"expressed in ASTFeatureExtractor (25/10 ms)")
-    width, heads = ARCHS[cfg.arch]
-    hf_config = transformers.ASTConfig(
-        hidden_size=width, num_hidden_layers=DEPTH, num_attention_heads=heads, intermediate_size=4 * width,
-        hidden_act="gelu", layer_norm_eps=NORM_EPS, qkv_bias=True, patch_size=cfg.patch_size,
-        frequency_stride=cfg.patch_stride, time_stride=cfg.patch_stride, max_length=cfg.num_frames,
-        num_mel_bins=cfg.num_mel_bins, id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        problem_type=MULTI_LABEL if multilabel else SINGLE_LABEL,
-        architectures=["ASTForAudioClassification"],
+    hf_config = hf_ast_config(
+        cfg, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        problem_type=MULTI_LABEL if multilabel else SINGLE_LABEL, architectures=["ASTForAudioClassification"],
     )
     extractor = transformers.ASTFeatureExtractor(
         sampling_rate=frontend.sample_rate, num_mel_bins=frontend.num_mel_bins, max_length=cfg.num_frames,

@@ -16,7 +16,7 @@ def param_groups(model: nn.Module) -> list[dict]:
 
 
 def build_adamw(model: nn.Module) -> torch.optim.AdamW:
-    # The fused kernel (CPU and CUDA) is ~4x faster than the default per-tensor loop on CPU, same update.
+    # The fused kernel (CPU and CUDA): the same update as the per-tensor loop, in one pass over the weights.
     return torch.optim.AdamW(param_groups(model), lr=0.0, weight_decay=0.0, fused=True)
 
 

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import platform
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
+
+
+# The instruction sets that decide which matmul kernels oneDNN runs on an x86 CPU: AMX tiles, AVX-512
+# with bf16 dot products, plain AVX-512, AVX2.
+KERNEL_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The kernel-deciding flags this CPU has (of KERNEL_FLAGS), from /proc/cpuinfo; empty elsewhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split()) & frozenset(KERNEL_FLAGS)
+    return frozenset()
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

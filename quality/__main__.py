@@ -2,9 +2,8 @@
 
 import argparse
 import sys
-from pathlib import Path
 
-from .experiments import BY_NAME, EXPERIMENTS, RECIPE
+from .experiments import BY_NAME, CURVE, EXPERIMENTS, RECIPE
 from .run import run
 from .table import load_results, render
 from .tasks import REPO
@@ -24,7 +23,7 @@ def main(argv=None) -> int:
         for name in args.names or [RECIPE]:
             for seed in args.seeds:
                 run(BY_NAME[name], seed)
-    table = render(load_results(), RECIPE, [e.name for e in EXPERIMENTS])
+    table = render(load_results(), RECIPE, [e.name for e in EXPERIMENTS], CURVE)
     path = REPO / "results" / "quality.md"
     path.write_text(table)
     print(table)

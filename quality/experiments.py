@@ -14,6 +14,7 @@ class Experiment:
     overrides: tuple[str, ...] = ()  # of the laptop recipe (configs/pretrain/tiny.yaml)
     probe: tuple[str, ...] = ()  # of the probe (configs/quality/probe.yaml)
     teacher_of: str | None = None  # read another experiment's teacher instead of pretraining one
+    curve: bool = False  # a point of the budget curve (the recipe is always one)
 
 
 RECIPE = "recipe"
@@ -27,8 +28,14 @@ EXPERIMENTS = [
     # log-mel 0, as classification clips are, instead of padding the waveform (the fbank's floor).
     Experiment("logmel_pad", "as lr_4e-3, short views padded in the log-mel domain (reverted: worse)",
                ("train.lr=0.004", "train.epochs=10")),
+    # The budget curve (results/quality.md): the recipe with its whole schedule (warm-up, cosine, teacher
+    # momentum) compressed into fewer epochs, at about 5, 10 and 20 minutes; the recipe is the 30.
     Experiment("budget_4ep", "the recipe for 4 epochs (the 5-minute point of the budget curve)",
-               ("train.epochs=4",)),
+               ("train.epochs=4",), curve=True),
+    Experiment("budget_8ep", "the recipe for 8 epochs (the 10-minute point of the budget curve)",
+               ("train.epochs=8",), curve=True),
+    Experiment("budget_15ep", "the recipe for 15 epochs (the 20-minute point of the budget curve)",
+               ("train.epochs=15",), curve=True),
     Experiment("recipe_freq", "the recipe's teacher read by frequency row (probe: finetune.features=freq)",
                probe=("finetune.features=freq",), teacher_of=RECIPE),
     Experiment("recipe_sweep", "the recipe's teacher, every block read alone (probe: finetune.layer_sweep=true)",
@@ -37,3 +44,4 @@ EXPERIMENTS = [
                probe=("finetune.features=freq", "finetune.layer_sweep=true"), teacher_of=RECIPE),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
+CURVE = [RECIPE] + [e.name for e in EXPERIMENTS if e.curve]

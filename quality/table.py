@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from asit.runtime import cpu_name
 
 from .run import RESULTS
 from .tasks import FSDD_HELD_OUT
@@ -19,16 +20,6 @@ TASKS = {  # name -> (what, chance in %)
     "hyke": ("Hyke speaker ID (83), line 1 trains, lines 2-5 test", 100 / 83),
     "commands": ("Speech Commands sample, 30 words, 5-fold CV by speaker", 100 / 30),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_results(folder: Path = RESULTS) -> dict[str, list[dict]]:
@@ -47,7 +38,7 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
 
 
-def render(results: dict[str, list[dict]], recipe: str, order: list[str]) -> str:
+def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve: list[str] = ()) -> str:
     lines = [
         "# Learning quality: does pretraining beat a random backbone and fbank statistics?", "",
         f"Made by `make quality` (`python -m quality`) on {os.cpu_count()} cores of a {cpu_name()}, "
@@ -78,6 +69,19 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str]) -> str
             verdicts.append(f"{task} {'won' if won else 'not won'}")
         lines += ["", f"Target (every seed: asit at least {TARGET_MARGIN:g} points above random init and above "
                   f"fbank stats): {', '.join(verdicts)}.", ""]
+    points = sorted((results[n] for n in curve if n in results), key=lambda rs: rs[0]["steps"])
+    if len(points) > 1:
+        lines += ["## The budget curve", "", "The recipe with its whole schedule compressed into fewer epochs "
+                  "(same probe; asit teacher, and asit - random init, per task).", "",
+                  "| pretraining min | steps | experiment [seeds] | " + " | ".join(TASKS) + " |",
+                  "|---|---|---|" + "---|" * len(TASKS)]
+        for rows in points:
+            scores = " | ".join(f"{mean_std([r['tasks'][t]['asit'] for r in rows])} "
+                                f"({mean_std([r['tasks'][t]['asit'] - r['tasks'][t]['random_init'] for r in rows])})"
+                                for t in TASKS)
+            lines.append(f"| {mean_std([r['pretrain_seconds'] / 60 for r in rows])} | {rows[0]['steps']} "
+                         f"| {rows[0]['name']} [{','.join(str(r['seed']) for r in rows)}] | {scores} |")
+        lines.append("")
     lines += ["## Experiments", "", "Each row changes the recipe of its time as said (overrides of "
               "`configs/pretrain/tiny.yaml`, or of the probe); seeds in brackets. Each task: asit teacher / "
               "random init with the row's probe (fbank stats, which no row changes: "

@@ -56,3 +56,12 @@ def test_the_table_gives_mean_and_sample_std_over_seeds_and_skips_unfinished_run
     # asit 65 ± 7.1 (sample std of 60 and 70), random 15 ± 7.1, asit - random 50 ± 0.0
     assert "| 15.0 ± 7.1 | 50.0 ± 0.0 | 65.0 ± 7.1 | 50.0 ± 0.0 |" in table
     assert "| recipe [0,1] | a change: `train.lr=0.01` | 1000 | 10.0 ± 0.0 | 65.0 ± 7.1 / 15.0 ± 7.1 |" in table
+
+
+def test_the_budget_curve_orders_its_points_by_steps(tmp_path):
+    short = result("budget", 0, 30.0, 10.0) | {"steps": 200, "pretrain_seconds": 120}
+    for r in (result("recipe", 0, 60.0, 10.0), short):
+        (tmp_path / f"{r['name']}-seed0.json").write_text(json.dumps(r))
+    table = render(load_results(tmp_path), "recipe", ["recipe", "budget"], curve=["recipe", "budget"])
+    curve = table.split("## The budget curve")[1].split("## Experiments")[0]
+    assert curve.index("| 2.0 | 200 | budget [0] | 30.0 (20.0) |") < curve.index("| 10.0 | 1000 | recipe [0] | 60.0 (50.0) |")
