@@ -64,5 +64,8 @@ class ReconstructionHead(nn.Module):
         self.apply(_init_linear)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens: [B, N, D] -> [B, 1, F, T]
-        x = rearrange(self.mlp(tokens), "b (f t) c -> b c f t", f=self.grid[0])
-        return self.to_pixels(x)
+        # The transposed convolution's patches do not overlap, so it is one matmul per token (the
+        # module keeps its parameters): CPU kernels of transposed convolutions are slow at this shape.
+        w, p = self.to_pixels.weight, self.to_pixels.kernel_size[0]  # w: [C, 1, p, p]
+        pixels = F.linear(self.mlp(tokens), w.flatten(1).T, self.to_pixels.bias.expand(p * p))
+        return rearrange(pixels, "b (f t) (p q) -> b 1 (f p) (t q)", f=self.grid[0], p=p)

@@ -38,15 +38,21 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
     return frozenset()
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+# bf16 matmuls run natively on these (AVX-512-BF16 dot products, AMX tiles); elsewhere oneDNN emulates
+# them, slower than fp32.
+FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device, flags: frozenset[str] | None = None) -> torch.dtype | None:
     """The autocast dtype for `auto|bf16|fp16|fp32`, or None for fp32.
 
-    auto: bf16 on CPU and on GPUs that support it; fp16 (with a grad scaler) on older GPUs.
+    auto: on a GPU, bf16 where supported, else fp16 (with a grad scaler); on a CPU, bf16 where the CPU
+    has native bf16 matmuls (FAST_BF16_FLAGS in `flags`, this machine's cpu_flags() by default), else fp32.
     """
     if precision == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if FAST_BF16_FLAGS & (cpu_flags() if flags is None else flags) else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 

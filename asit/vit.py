@@ -23,6 +23,18 @@ ARCHS = {  # name -> (width, heads); all are 12 blocks deep with MLP ratio 4
 }
 
 
+class PatchProjection(nn.Conv2d):
+    """A convolution whose kernel is a whole patch, computed as one matmul over the unfolded patches:
+    the same function and parameters as nn.Conv2d. CPU convolution kernels are slow at this shape (a
+    large kernel, one input channel), while the matmul runs on the fast GEMM kernels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, D, gh, gw]
+        grid = [(size - k) // s + 1 for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride)]
+        patches = F.unfold(x, self.kernel_size, stride=self.stride)  # [B, C k k, gh gw]
+        tokens = F.linear(patches.transpose(1, 2), self.weight.flatten(1), self.bias)  # [B, gh gw, D]
+        return tokens.transpose(1, 2).unflatten(2, grid)
+
+
 class SpectrogramPatchEmbed(PatchEmbed):
     """timm's PatchEmbed with a stride that may be smaller than the patch (overlapping patches)."""
 
@@ -30,7 +42,7 @@ class SpectrogramPatchEmbed(PatchEmbed):
         super().__init__(*args, **kwargs)
         p = self.patch_size
         stride = stride or p[0]
-        self.proj = nn.Conv2d(
+        self.proj = PatchProjection(
             self.proj.in_channels, self.proj.out_channels, kernel_size=p, stride=stride,
             bias=self.proj.bias is not None,
         )
@@ -78,9 +90,8 @@ def set_attention(module: nn.Module, kind: str, device: torch.device, amp_dtype:
 
     fused: `scaled_dot_product_attention` (flash / memory-efficient kernels). math: q k^T, softmax and
     the product with v as separate ops. auto: math when training on a CPU under bf16/fp16 autocast,
-    where the fused CPU kernel's backward is slow (ViT-S pretraining step, `make bench`: 0.55-0.61 s
-    vs 0.68 s), fused everywhere else (fp32 on a CPU: equal; CPU inference at 1214 tokens: fused 1.6x
-    faster in fp32; GPUs: fused).
+    where the fused CPU kernel's backward is the slower one (on AVX-512 and AMX CPUs alike: `make
+    bench` times both), fused everywhere else (fp32 on a CPU, CPU inference, GPUs).
     """
     if kind not in ATTENTION:
         raise ValueError(f"attention: expected one of {ATTENTION}, got {kind!r}")

@@ -1,5 +1,6 @@
 """The benchmark's own arithmetic: its FLOP counter and its statistics. No timing is asserted."""
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from asit.runtime import resolve_precision
 from asit.vit import build_vit
 
 from conftest import REPO, TINY
@@ -115,3 +117,28 @@ def test_inference_comparison_runs_the_same_network():
     assert r["tokens"] == 12 * 5 + 2  # stride 10: (128 - 16) / 10 + 1 rows, (64 - 16) / 10 + 1 columns
     assert r["max_abs_logit_diff"] < 1e-4
     assert r["asit"]["clips_per_s"] > 0 and r["transformers"]["clips_per_s"] > 0
+
+
+def fake_step(name: str, config: str | None, amp: str, seconds: float) -> dict:
+    return {"name": name, "arch": "tiny", "amp": amp, "clips": 32, "config": config, "seconds_per_step": {"median": seconds},
+            "clips_per_s": 32 / seconds, "flops": {"total": 1e11}, "flops_per_s": 1e11 / seconds,
+            "fraction_of_matmul_peak": 0.1, "peak_rss_mib": 1.0, "cpu_share": 1.0, "phases_median": dict.fromkeys(step.PhaseClock.PHASES, 0.0)}
+
+
+def test_the_report_names_the_kernel_flags_and_sets_each_runtime_choice_beside_its_alternative():
+    results = {"command": "bench", "quick": False, "matmul_peak_flops": {"fp32": 1e11, "bf16": 4e11},
+               "machine": {"cpu": "a CPU", "cpu_flags": ["avx2", "avx512_bf16", "avx512f"], "logical_cpus": 2,
+                           "torch": "2.9", "torch_threads": 2, "cpu_capability": "AVX512"},
+               "steps": [fake_step("laptop", "tiny.yaml", "bf16", 0.4), fake_step("laptop, other precision", "tiny.yaml", "fp32", 0.8)],
+               "pipeline": {"threads": 1, "clips": 1, "source": "x", "mean_clip_seconds": 1.0, "views_clips_per_s": 1.0,
+                            "corrupt_clips_per_s": 1.0, "clips_per_s": 1.0, "cpu_share": 1.0}, "inference": []}
+    text = bench.report(results)
+    assert "avx512_bf16" in text and "precision auto -> bf16 (native: avx512_bf16)" in text
+    assert "laptop, other precision: 2.00x the laptop step's time" in text
+    assert "vs ref" not in text and "not measured in this run" in text  # no other machine's time as a ratio
+    args = argparse.Namespace(quick=False, archs="small", precisions="bf16", no_laptop=False, no_profile=True)
+    specs = bench.step_specs(bench.plan(args), "cpu", [])
+    laptop = {s["name"]: s["overrides"] for s in specs if s["config"]}
+    assert set(laptop) == set(bench.LAPTOP_VARIANTS)
+    other = "train.precision=fp32" if resolve_precision("auto", torch.device("cpu")) else "train.precision=bf16"
+    assert other in laptop["laptop, other precision"]

@@ -24,3 +24,20 @@ def test_without_a_cxx_compiler_the_module_runs_eagerly(monkeypatch):
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no kernels from an earlier compile
     net, x = small_net(), torch.randn(3, 8)
     assert torch.equal(compiled(net)(x), net(x))
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16_matmuls():
+    from asit.runtime import cpu_flags, resolve_precision
+
+    cpu = torch.device("cpu")
+    amd = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512vl\n"  # a 2-core AMD EPYC (Zen 4)
+    xeon = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    laptop = "flags\t\t: fpu sse2 avx2 fma\n"  # AVX2 only: bf16 would be emulated
+    assert cpu_flags(amd) == {"avx2", "avx512f", "avx512_bf16"}
+    assert resolve_precision("auto", cpu, cpu_flags(amd)) == torch.bfloat16
+    assert resolve_precision("auto", cpu, cpu_flags(xeon)) == torch.bfloat16
+    assert resolve_precision("auto", cpu, cpu_flags(laptop)) is None
+    assert resolve_precision("auto", cpu, cpu_flags("no flags line here")) is None
+    # An explicit choice is never overridden.
+    assert resolve_precision("bf16", cpu, cpu_flags(laptop)) == torch.bfloat16
+    assert resolve_precision("fp32", cpu, cpu_flags(xeon)) is None

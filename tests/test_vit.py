@@ -151,3 +151,33 @@ def test_auto_attention_is_unfused_only_for_reduced_precision_on_cpus():
         assert all(blk.attn.fused_attn == fused for blk in vit.blocks), (device, dtype)
     with pytest.raises(ValueError, match="attention"):
         set_attention(vit, "flash", cpu, None)
+
+
+@pytest.mark.parametrize("stride", [16, 10])  # pretraining's patches, and AST's overlapping ones
+def test_patch_projection_is_the_convolution_it_replaces(stride):
+    from asit.vit import PatchProjection
+
+    torch.manual_seed(0)
+    proj, x = PatchProjection(1, 24, kernel_size=16, stride=stride), torch.randn(3, 1, 128, 96)
+    expected = torch.nn.functional.conv2d(x, proj.weight, proj.bias, stride=stride)
+    assert proj(x).shape == expected.shape
+    assert torch.allclose(proj(x), expected, atol=1e-5)
+    # The gradient of the weights too: pretraining trains them through this path.
+    proj(x).square().sum().backward()
+    grad = proj.weight.grad.clone()
+    proj.weight.grad = None
+    torch.nn.functional.conv2d(x, proj.weight, proj.bias, stride=stride).square().sum().backward()
+    assert torch.allclose(grad, proj.weight.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_reconstruction_head_is_a_transposed_convolution_back_to_pixels():
+    from einops import rearrange
+
+    from asit.heads import ReconstructionHead
+
+    torch.manual_seed(0)
+    head, tokens = ReconstructionHead(32, 16, (8, 6), hidden_dim=64, bottleneck_dim=16), torch.randn(2, 48, 32)
+    grid = rearrange(head.mlp(tokens), "b (f t) c -> b c f t", f=8)
+    expected = torch.nn.functional.conv_transpose2d(grid, head.to_pixels.weight, head.to_pixels.bias, stride=16)
+    assert head(tokens).shape == (2, 1, 128, 96)
+    assert torch.allclose(head(tokens), expected, atol=1e-5)
