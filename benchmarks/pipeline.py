@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
+from quality.tasks import data_root
+
 from .measure import cpu_share
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def pipeline_audio(folder: Path) -> tuple[str, list]:
@@ -21,8 +22,8 @@ def pipeline_audio(folder: Path) -> tuple[str, list]:
     from asit.synthetic import ensure_synthetic_dataset
 
     for name in ("fsdd/recordings", "speech_commands_sample"):
-        if (SHARED_DATA / name).is_dir():
-            return name, list_audio(SHARED_DATA / name)
+        if (data_root() / name).is_dir():
+            return name, list_audio(data_root() / name)
     return "synthetic", list_audio(ensure_synthetic_dataset(folder, num_clips=64))
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("DATA", REPO.parent / "shared" / "data"))  # as make quality and make ablations
 FSDD = SHARED_DATA / "fsdd" / "recordings"
 
 # Small heads and 1 s views: a pretraining step of a ViT-tiny in well under a second on 2 cores.

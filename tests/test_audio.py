@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -7,7 +5,7 @@ import torch
 
 from asit.audio import AudioError, load_audio
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
 
 
 def tone(freq, seconds, rate, amplitude=0.5):

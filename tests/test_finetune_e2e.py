@@ -23,8 +23,9 @@ from finetune.__main__ import main
 from finetune.data import ClipDataset, fsdd_split
 from finetune.train import Finetuner
 
+from conftest import FSDD
+
 REPO = Path(__file__).resolve().parents[1]
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 SPEAKERS = ("george", "jackson")
 FAST = ["model.arch=tiny", "model.num_frames=64", "model.patch_stride=16", "data.num_workers=0",
         "data.cache_features=true", "train.device=cpu", "train.eval_batch_size=100"]
