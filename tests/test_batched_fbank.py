@@ -103,6 +103,7 @@ def test_buffers_follow_the_module_and_stay_out_of_checkpoints():
     assert {b.device.type for b in module.buffers()} == {"meta"}
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_matches_kaldi_fbank_on_cuda():
     waves = torch.cat([clips("noise"), sweep(1.0)[None], clips("near_silence")])
