@@ -20,6 +20,7 @@ from einops import reduce
 from torch import nn
 
 from .checkpoint import load
+from .errors import InputError
 from .features import FrontEndConfig, check_frontend, frontend_metadata
 from .vit import ARCHS, WeightShapeError, adapt_state_dict, build_vit
 
@@ -118,12 +119,12 @@ def ast_from_backbone(state: dict[str, torch.Tensor], meta: dict, source: str) -
     """
     saved = meta.get("frontend")
     if not saved:
-        raise ValueError(f"{source}: no front-end metadata; expected an asit teacher_backbone.pt or checkpoint.pt")
+        raise InputError(f"{source}: no front-end metadata; expected an asit teacher_backbone.pt or checkpoint.pt")
     frontend = frontend_config(saved)
     width = state["cls_token"].shape[-1] if "cls_token" in state else None
     arch = meta.get("arch") or {w: name for name, (w, _) in ARCHS.items()}.get(width)
     if arch is None:
-        raise ValueError(f"{source}: cannot tell the architecture (class token width {width})")
+        raise InputError(f"{source}: cannot tell the architecture (class token width {width})")
     patch = meta.get("patch_size") or 16
     cfg = ASTConfig(arch, num_classes=0, num_mel_bins=frontend.num_mel_bins, num_frames=saved["num_frames"],
                     patch_size=patch, patch_stride=meta.get("patch_stride") or patch, dist_token=False)
@@ -170,7 +171,7 @@ def classifier_from(ckpt: dict, source: str) -> tuple[ASTModel, FrontEndConfig, 
     """`load_classifier` of a checkpoint already read (`asit.checkpoint.load`)."""
     if not is_classifier(ckpt):
         kind = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{source}: not an asit classifier checkpoint "
+        raise InputError(f"{source}: not an asit classifier checkpoint "
                          f"(format {kind!r}, expected {CLASSIFIER_FORMAT!r})")
     model = ast_with_weights(ASTConfig(**ckpt["ast"]), ckpt["model"], source)
     return model.eval(), frontend_config(ckpt["frontend"]), list(ckpt["labels"]), bool(ckpt["multilabel"])

@@ -1,6 +1,7 @@
 """Reading audio files into mono float waveforms at a fixed sample rate."""
 
 import functools
+import io
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +9,14 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from .errors import InputError
+
 # Peak below about -100 dBFS: nothing but dither or digital silence, which would
 # normalise to a spectrogram of pure noise and teach the model nothing.
 SILENCE_PEAK = 1e-5
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """A file that cannot be used as training audio; the message starts with its path."""
 
 
@@ -24,9 +27,16 @@ def load_audio(path, sample_rate: int) -> torch.Tensor:
     front end removes it, so doing it here too would be wasted work.
     """
     path = str(path)
-    if not Path(path).is_file():
-        raise AudioError(f"{path}: file not found")
-    samples, file_rate = _read(path)
+    if "::" in path and path.rpartition("::")[0].endswith(".tar"):
+        # A clip inside a tar shard ("<shard>.tar::<member>", asit.shards): its bytes, decoded and
+        # checked below exactly as a file's.
+        from .shards import read_member
+
+        samples, file_rate = _read(path, io.BytesIO(read_member(path)))
+    else:
+        if not Path(path).is_file():
+            raise AudioError(f"{path}: file not found")
+        samples, file_rate = _read(path)
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
     if not np.isfinite(samples).all():
@@ -49,10 +59,11 @@ def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig, new)
 
 
-def _read(path: str) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 samples and the file's sample rate."""
+def _read(path: str, data=None) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 samples and the sample rate of the file `path`, or of the encoded
+    `data` (a file object) that `path` names."""
     try:
-        return sf.read(path, dtype="float32", always_2d=True)
+        return sf.read(path if data is None else data, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         reason = getattr(err, "error_string", None) or str(err)
         raise AudioError(f"{path}: cannot decode audio ({reason})") from err

@@ -8,7 +8,8 @@
 
 Audio longer than the model's window is scored window by window (hop half a window) and the outputs
 averaged, so a file of any length gets one answer. User errors (a missing file, unreadable audio, the
-wrong kind of checkpoint) end in one line naming the file and a non-zero exit, not a traceback.
+wrong kind of checkpoint) end in one line naming the file and exit status 2, not a traceback (`asit
+--debug ...` or ASIT_DEBUG=1 shows it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from . import hf
 from .ast_model import POOLS, ASTModel, ast_from_backbone, classifier_from, is_classifier, load_classifier
 from .audio import AudioError, load_audio
 from .checkpoint import load, load_backbone
+from .errors import InputError, add_debug_option, run_command
 from .features import FrontEndConfig, clip_fbank, clip_windows
 from .sources import list_audio
 
@@ -35,16 +37,12 @@ FILES_HELP = "audio files, or folders (every audio file under them, in sorted or
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args.run(args)
-    except (OSError, ValueError, ImportError) as err:  # AudioError and WeightShapeError are ValueErrors
-        print(f"asit {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(lambda: args.run(args), args.debug)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asit", description=__doc__.split("\n")[0])
+    add_debug_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stats", help="mean and std of the log-mel features of a data source")
@@ -75,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(run=export_hf)
 
+    p = sub.add_parser("export-onnx", help="write a classifier (or, with --backbone, embeddings) as an ONNX graph")
+    p.add_argument("ckpt", help="a classifier checkpoint; with --backbone also a teacher_backbone.pt or checkpoint.pt")
+    p.add_argument("out", help="the .onnx file to write")
+    p.add_argument("--backbone", action="store_true",
+                   help="export the per-window embeddings (cls, mean: asit embed's pools) instead of the logits")
+    p.set_defaults(run=export_onnx)
+
     p = sub.add_parser("import-hf", help="convert a Hugging Face AST classifier directory to a checkpoint")
     p.add_argument("dir")
     p.add_argument("ckpt")
@@ -83,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="default: the config's problem_type")
     kind.add_argument("--single-label", dest="multilabel", action="store_const", const=False)
     p.set_defaults(run=import_hf)
+
+    p = sub.add_parser("shard", help="pack a data source into webdataset tar shards with an index.json")
+    p.add_argument("data", help="a folder of audio, an AST-style .json manifest or a .csv")
+    p.add_argument("out", help="an empty (or new) folder for 000000.tar ... and index.json")
+    p.add_argument("--shard-size", type=_positive, required=True, help="clips per shard")
+    p.add_argument("--sample-rate", type=_positive, default=None,
+                   help="resample to this rate while packing (default: keep each file's bytes)")
+    p.add_argument("--mono", action="store_true", help="mix multichannel clips down to mono while packing")
+    p.add_argument("--labels-from-folders", action="store_true",
+                   help="a folder source: label each clip with the name of its folder")
+    p.set_defaults(run=shard)
     return parser
 
 
@@ -115,7 +131,7 @@ def stats(args) -> None:
         count += spec.numel()
         used += 1
     if not used:
-        raise ValueError(f"{args.data}: no readable audio")
+        raise InputError(f"{args.data}: no readable audio")
     mean = total / count
     std = max(squares / count - mean**2, 0.0) ** 0.5
     print(f"{used} files, {count // cfg.num_mel_bins} frames: log-mel mean {mean:.7g}, std {std:.7g}")
@@ -156,10 +172,30 @@ def export_hf(args) -> None:
     print(f"wrote {hf.export_hf(args.ckpt, args.dir)}")
 
 
+def export_onnx(args) -> None:
+    from .onnx_export import TOLERANCE, export_onnx as export  # onnx is optional: imported only here
+
+    info = export(args.ckpt, args.out, backbone=args.backbone)
+    diff = info["max_abs_diff"]
+    check = "not checked (onnxruntime not installed)" if diff is None else f"max |diff| {diff:.1e} <= {TOLERANCE:.0e}"
+    print(f"wrote {info['path']}: input fbank {info['input']}, outputs {info['outputs']}; "
+          f"onnxruntime vs PyTorch: {check}")
+
+
 def import_hf(args) -> None:
     ckpt = hf.import_hf(args.dir, args.ckpt, multilabel=args.multilabel)
     kind = "multi-label" if ckpt["multilabel"] else "single-label"
     print(f"wrote {args.ckpt}: {ckpt['ast']['arch']}, {len(ckpt['labels'])} labels, {kind}")
+
+
+def shard(args) -> None:
+    from .shards import pack
+
+    done = pack(args.data, args.out, args.shard_size, args.sample_rate, args.mono, args.labels_from_folders)
+    skipped = f"; {done['skipped']} unusable files skipped (listed in the index)" if done["skipped"] else ""
+    print(f"packed {done['clips']} of {done['files']} clips into {done['shards']} shards "
+          f"({done['bytes'] / 1e6:.1f} MB) in {args.out}{skipped}\n"
+          f"train on data.train={done['index']} or data.train={done['pattern']}")
 
 
 def _audio_files(args: list[str]) -> list[str]:

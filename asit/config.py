@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import types
 import typing
 from collections.abc import Callable
@@ -18,8 +17,10 @@ from typing import Any, Union
 
 import yaml
 
+from .errors import InputError, add_debug_option, run_command
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     pass
 
 
@@ -151,7 +152,10 @@ def load_config(cls: type, paths: str | Path | list | None, overrides: list[str]
     for path in map(Path, paths):
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        layer = yaml.safe_load(path.read_text()) or {}
+        try:
+            layer = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(layer, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = merge(data, layer)
@@ -167,17 +171,13 @@ def command_line(cls: type, run: Callable[[Any], Any], argv: list[str] | None, p
                  example: str) -> int:
     """`prog --config A.yaml [--config B.yaml] key=value ...`: fill `cls`, then `run` it.
 
-    A config error is one line naming the key, exit code 2, no traceback.
+    A user error (a config key, the data, a checkpoint, the disk) is one line naming the file or key,
+    exit code 2, no traceback (`asit.errors`).
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", action="append", default=[],
                         help=f"YAML config, e.g. {example}; repeat to layer configs (later files win)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(cls, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    run(cfg)
-    return 0
+    return run_command(lambda: run(load_config(cls, args.config, args.overrides)), args.debug)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -36,7 +38,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=cpu")
+            raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu")
         return torch.device("cuda", local_rank)
     if name != "cpu":
         raise ValueError(f"train.device: expected auto, cpu or cuda, got {name!r}")
@@ -80,6 +82,15 @@ def shutdown() -> None:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_gather_object(obj) -> list:
+    """Every process's `obj`, in rank order."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torchaudio
 
+from .errors import InputError
+
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
@@ -24,39 +26,21 @@ class FrontEndConfig:
     num_mel_bins: int = 128
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
-    crop_seconds: float = 6.0  # length of one view; the frame count is derived from it
-    time_roll_p: float = 0.5  # probability of a circular time shift of the waveform before cropping
     # Normalisation: (x - mean) / (2 * std). AudioSet's statistics by default; `asit stats DATA`
     # prints a data set's own.
     mean: float = AUDIOSET_MEAN
     std: float = AUDIOSET_STD
 
     def __post_init__(self):
-        for name in ("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms", "crop_seconds", "std"):
+        for name in ("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms", "std"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"frontend.{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.time_roll_p <= 1.0:
-            raise ValueError(f"frontend.time_roll_p must be in [0, 1], got {self.time_roll_p}")
-
-    @property
-    def crop_samples(self) -> int:
-        return round(self.crop_seconds * self.sample_rate)
 
     def frames_in(self, num_samples: int) -> int:
         """Frames kaldi's fbank makes from `num_samples` (snip_edges: only whole windows)."""
         window = round(self.frame_length_ms * self.sample_rate / 1000)
         hop = round(self.frame_shift_ms * self.sample_rate / 1000)
         return 0 if num_samples < window else 1 + (num_samples - window) // hop
-
-    def num_frames(self, multiple: int = 1) -> int:
-        """Frames in one crop, rounded down to a multiple of the patch size (6 s -> 598 -> 592)."""
-        frames = self.frames_in(self.crop_samples) // multiple * multiple
-        if frames == 0:
-            raise ValueError(
-                f"frontend.crop_seconds={self.crop_seconds} gives fewer than {multiple} frames; "
-                f"use a longer crop"
-            )
-        return frames
 
 
 def fbank(wave: torch.Tensor, cfg: FrontEndConfig, subtract_mean: bool = True) -> torch.Tensor:
@@ -94,14 +78,10 @@ def frontend_metadata(cfg: FrontEndConfig, num_frames: int) -> dict:
 def check_frontend(saved: dict, current: FrontEndConfig, source: str) -> None:
     """Refuse a checkpoint whose front end differs from the data config, saying what differs."""
     mine = dataclasses.asdict(current)
-    ignore = {"crop_seconds", "time_roll_p"}  # choices of the run, not of the model's input space
-    diffs = [
-        f"{k}: checkpoint {saved[k]!r} vs config {mine[k]!r}"
-        for k in mine
-        if k in saved and k not in ignore and not _same(saved[k], mine[k])
-    ]
+    diffs = [f"{k}: checkpoint {saved[k]!r} vs config {mine[k]!r}"
+             for k in mine if k in saved and not _same(saved[k], mine[k])]
     if diffs:
-        raise ValueError(f"{source}: front end differs from the config: " + "; ".join(diffs))
+        raise InputError(f"{source}: front end differs from the config: " + "; ".join(diffs))
 
 
 def _same(a, b) -> bool:

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .errors import InputError
+
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int, batchnorm: bool = False) -> nn.Sequential:
     """Linear-GELU-Linear-GELU-Linear, optionally with batch norm after the hidden linears (DINO's
@@ -45,7 +47,7 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., D] -> [..., K]
         if self.batchnorm and x[..., 0].numel() < 2:
             # Otherwise torch's own error, which does not say which setting is at fault.
-            raise ValueError(f"a DINO head with batch norm needs at least 2 inputs per process, got "
+            raise InputError(f"a DINO head with batch norm needs at least 2 inputs per process, got "
                              f"{x[..., 0].numel()} (few clips and few corrupted tokens): raise train.batch_size "
                              f"or the corruption ratio, or set model.head_batchnorm=false")
         x = F.normalize(self.mlp(x), dim=-1)

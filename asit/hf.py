@@ -18,6 +18,7 @@ import torch
 
 from .ast_model import NORM_EPS, ASTConfig, ast_with_weights, classifier_checkpoint, load_classifier
 from .checkpoint import atomic_save
+from .errors import InputError, MissingError, UserError
 from .features import FrontEndConfig
 from .vit import ARCHS
 
@@ -33,7 +34,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise ImportError("Hugging Face interop needs transformers: pip install transformers") from None
+        raise UserError("Hugging Face interop needs transformers: pip install transformers") from None
     return transformers
 
 
@@ -85,7 +86,7 @@ def from_hf(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tens
     """HF `ASTForAudioClassification` tensors -> an `ASTModel` state dict; names any tensor not found."""
     def get(name):
         if name not in state:
-            raise ValueError(f"{source}: tensor {name} is missing (is this an ASTForAudioClassification?)")
+            raise InputError(f"{source}: tensor {name} is missing (is this an ASTForAudioClassification?)")
         return state[name]
 
     out = {a: get(h) for a, h in _renames()}
@@ -115,15 +116,15 @@ def export_hf(classifier_ckpt_path: str | Path, out_dir: str | Path) -> Path:
     cfg = model.cfg
     source = str(classifier_ckpt_path)
     if cfg.pool != "token":
-        raise ValueError(f"{source}: pool={cfg.pool!r} has no Hugging Face equivalent (its AST reads (cls + dist) / 2);"
+        raise InputError(f"{source}: pool={cfg.pool!r} has no Hugging Face equivalent (its AST reads (cls + dist) / 2);"
                          f" fine-tune with model.pool=token to export")
     if not cfg.dist_token:
-        raise ValueError(f"{source}: the model has no distillation token, which Hugging Face's AST always has")
+        raise InputError(f"{source}: the model has no distillation token, which Hugging Face's AST always has")
     if cfg.num_classes == 0:
-        raise ValueError(f"{source}: the model has no classifier layer to export")
+        raise InputError(f"{source}: the model has no classifier layer to export")
     if (frontend.frame_length_ms, frontend.frame_shift_ms) != (25.0, 10.0):
         # ASTFeatureExtractor always uses kaldi's 25 ms / 10 ms frames.
-        raise ValueError(f"{source}: frames of {frontend.frame_length_ms}/{frontend.frame_shift_ms} ms cannot be "
+        raise InputError(f"{source}: frames of {frontend.frame_length_ms}/{frontend.frame_shift_ms} ms cannot be "
                          f"expressed in ASTFeatureExtractor (25/10 ms)")
     hf_config = hf_ast_config(
         cfg, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
@@ -152,9 +153,9 @@ def import_hf(hf_dir: str | Path, out_ckpt: str | Path, multilabel: bool | None 
     hf_dir = Path(hf_dir)
     source = str(hf_dir)
     if not (hf_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{source}: no config.json; not a Hugging Face model directory")
+        raise MissingError(f"{source}: no config.json; not a Hugging Face model directory")
     if not (hf_dir / "preprocessor_config.json").is_file():
-        raise FileNotFoundError(f"{source}: no preprocessor_config.json; its front end is unknown")
+        raise MissingError(f"{source}: no preprocessor_config.json; its front end is unknown")
     hf_config = transformers.AutoConfig.from_pretrained(hf_dir)
     extractor = transformers.ASTFeatureExtractor.from_pretrained(hf_dir)
     cfg = _ast_config(hf_config, source)
@@ -175,7 +176,7 @@ def import_hf(hf_dir: str | Path, out_ckpt: str | Path, multilabel: bool | None 
 def _ast_config(hf, source: str) -> ASTConfig:
     """The asit ASTConfig of a HF AST config, refusing what asit's architecture cannot hold."""
     if hf.model_type != "audio-spectrogram-transformer":
-        raise ValueError(f"{source}: model_type {hf.model_type!r} is not an AST")
+        raise InputError(f"{source}: model_type {hf.model_type!r} is not an AST")
     arch = next((name for name, dims in ARCHS.items() if dims == (hf.hidden_size, hf.num_attention_heads)), None)
     patch = hf.patch_size if isinstance(hf.patch_size, int) else hf.patch_size[0]
     problems = [
@@ -190,20 +191,18 @@ def _ast_config(hf, source: str) -> ASTConfig:
     ]
     problems = [p for p in problems if p]
     if problems:
-        raise ValueError(f"{source}: unsupported AST: " + "; ".join(problems))
+        raise InputError(f"{source}: unsupported AST: " + "; ".join(problems))
     return ASTConfig(arch, num_classes=hf.num_labels, num_mel_bins=hf.num_mel_bins, num_frames=hf.max_length,
                      patch_size=patch, patch_stride=hf.time_stride)
 
 
 def _frontend(extractor, cfg: ASTConfig, source: str) -> FrontEndConfig:
     if (extractor.num_mel_bins, extractor.max_length) != (cfg.num_mel_bins, cfg.num_frames):
-        raise ValueError(f"{source}: the feature extractor makes {extractor.num_mel_bins} x {extractor.max_length} "
+        raise InputError(f"{source}: the feature extractor makes {extractor.num_mel_bins} x {extractor.max_length} "
                          f"features, the model expects {cfg.num_mel_bins} x {cfg.num_frames}")
     # Without normalisation the features are the raw log-mels: (x - 0) / (2 * 0.5) is the identity.
     mean, std = (extractor.mean, extractor.std) if extractor.do_normalize else (0.0, 0.5)
     return FrontEndConfig(sample_rate=extractor.sampling_rate, num_mel_bins=extractor.num_mel_bins,
-                          # the window the model sees (ASTFeatureExtractor's frames are kaldi's 10 ms)
-                          crop_seconds=cfg.num_frames * FrontEndConfig.frame_shift_ms / 1000,
                           mean=float(mean), std=float(std))
 
 
@@ -220,4 +219,4 @@ def _read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         return {k: v for shard in shards for k, v in load_file(hf_dir / shard).items()}
     if (hf_dir / "pytorch_model.bin").is_file():
         return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")
+    raise MissingError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")

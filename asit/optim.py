@@ -24,3 +24,19 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_deca
     for group in optimizer.param_groups:
         group["lr"] = float(lr)  # a numpy scalar would make the checkpoint unloadable with weights_only
         group["weight_decay"] = float(weight_decay) if group["decay"] else 0.0
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   params, clip_grad: float, frozen=()) -> torch.Tensor:
+    """One update from `loss`: backward (scaled when the scaler is on: fp16), unscale, clip the norm of
+    `params`' gradients to `clip_grad` (0: no clipping), drop the gradients of `frozen`, step. Returns
+    the gradient norm before clipping (0 when not clipped)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad) if clip_grad > 0 else torch.zeros(())
+    for p in frozen:
+        p.grad = None
+    scaler.step(optimizer)
+    scaler.update()
+    return grad_norm

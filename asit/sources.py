@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError, MissingError
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 
@@ -25,15 +27,20 @@ class AudioItem:
 
 
 def list_audio(source, labels_from_folders: bool = False) -> list[AudioItem]:
-    """The items of `source`: a directory (scanned recursively), a `.json` manifest or a `.csv`.
+    """The items of `source`: a directory (scanned recursively), a `.json` manifest or a `.csv`, or tar
+    shards packed by `asit shard`: their `index.json`, or a `.tar` brace pattern (`OUT/{000000..000009}.tar`).
 
     Relative paths inside a manifest or CSV are relative to the file's own folder.
     `labels_from_folders` applies to directories only: each file is labelled
     with the name of the folder that holds it (folder-per-class data sets).
     """
+    if str(source).endswith(".tar"):  # tar shards of `asit shard`: one, or a brace pattern (asit.shards)
+        from .shards import list_shards
+
+        return list_shards(source)
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: data source does not exist")
+        raise MissingError(f"{source}: data source does not exist; check the path")
     if source.is_dir():
         return _list_directory(source, labels_from_folders)
     suffix = source.suffix.lower()
@@ -41,7 +48,7 @@ def list_audio(source, labels_from_folders: bool = False) -> list[AudioItem]:
         return _list_manifest(source)
     if suffix == ".csv":
         return _list_csv(source)
-    raise ValueError(
+    raise InputError(
         f"{source}: unsupported data source (expected a directory, a .json manifest or a .csv)"
     )
 
@@ -71,7 +78,7 @@ def _list_directory(folder: Path, labels_from_folders: bool) -> list[AudioItem]:
         p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
     )
     if not files:
-        raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+        raise InputError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
     return [
         AudioItem(str(p), labels=(p.parent.name,) if labels_from_folders else ())
         for p in files
@@ -82,15 +89,19 @@ def _list_manifest(manifest: Path) -> list[AudioItem]:
     with open(manifest, encoding="utf-8") as f:
         try:
             doc = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{manifest}: invalid JSON ({err})") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{manifest}: invalid JSON ({err})") from err
+    if isinstance(doc, dict) and doc.get("__kind__") == "wids-shard-index-v1":  # asit shard's index.json
+        from .shards import items_from_index
+
+        return items_from_index(doc, manifest)
     entries = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f'{manifest}: manifest must be a JSON object with a "data" list')
+        raise InputError(f'{manifest}: manifest must be a JSON object with a "data" list')
     items = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "wav" not in entry:
-            raise ValueError(f'{manifest}: data entry {index} has no "wav" path')
+            raise InputError(f'{manifest}: data entry {index} has no "wav" path')
         items.append(
             AudioItem(
                 _relative_to(manifest.parent, entry["wav"]),
@@ -108,13 +119,13 @@ def _list_csv(table: Path) -> list[AudioItem]:
         reader = csv.DictReader(f, skipinitialspace=True)
         columns = reader.fieldnames or []
         if "path" not in columns:
-            raise ValueError(
+            raise InputError(
                 f"{table}: CSV has no 'path' column (columns: {', '.join(columns) or 'none'})"
             )
         items = []
         for row in reader:
             if not row["path"]:
-                raise ValueError(f"{table}: line {reader.line_num} has an empty path")
+                raise InputError(f"{table}: line {reader.line_num} has an empty path")
             items.append(
                 AudioItem(
                     _relative_to(table.parent, row["path"]),
@@ -161,5 +172,5 @@ def _group(row: dict) -> str | None:
 
 def _non_empty(source: Path, items: list[AudioItem]) -> list[AudioItem]:
     if not items:
-        raise ValueError(f"{source}: no entries")
+        raise InputError(f"{source}: no entries")
     return items

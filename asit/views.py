@@ -8,13 +8,15 @@ exactly the views an uninterrupted one would have.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .audio import AudioError, load_audio
+from .errors import InputError
 from .features import FrontEndConfig, fbank, normalise
 from .sources import AudioItem
 
@@ -24,33 +26,61 @@ log = logging.getLogger("asit")
 MAX_CONSECUTIVE_FAILURES = 50
 
 
-def random_crop(wave: torch.Tensor, cfg: FrontEndConfig, rng: np.random.Generator) -> torch.Tensor:
-    """A window of `crop_samples`; shorter clips are zero-padded at the end."""
-    n = cfg.crop_samples
+@dataclass
+class ViewsConfig:
+    """How pretraining cuts its two views from a clip: settings of the run, not of the model's input (the
+    front end's), so a checkpoint does not pin them."""
+
+    crop_seconds: float = 6.0  # length of one view; the frame count is derived from it
+    time_roll_p: float = 0.5  # probability of a circular time shift of the waveform before cropping
+
+    def __post_init__(self):
+        if self.crop_seconds <= 0:
+            raise ValueError(f"views.crop_seconds must be positive, got {self.crop_seconds}")
+        if not 0.0 <= self.time_roll_p <= 1.0:
+            raise ValueError(f"views.time_roll_p must be in [0, 1], got {self.time_roll_p}")
+
+    def crop_samples(self, frontend: FrontEndConfig) -> int:
+        return round(self.crop_seconds * frontend.sample_rate)
+
+    def num_frames(self, frontend: FrontEndConfig, multiple: int = 1) -> int:
+        """Frames in one view, rounded down to a multiple of the patch size (6 s -> 598 -> 592)."""
+        frames = frontend.frames_in(self.crop_samples(frontend)) // multiple * multiple
+        if frames == 0:
+            raise ValueError(f"views.crop_seconds={self.crop_seconds} gives fewer than {multiple} frames; "
+                             f"use a longer crop")
+        return frames
+
+
+def random_crop(wave: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor:
+    """A window of `n` samples; shorter clips are zero-padded at the end."""
     if wave.numel() <= n:
         return torch.nn.functional.pad(wave, (0, n - wave.numel()))
     start = int(rng.integers(0, wave.numel() - n + 1))
     return wave[start:start + n]
 
 
-def make_views(wave: torch.Tensor, cfg: FrontEndConfig, num_frames: int, rng: np.random.Generator,
-               num_views: int = 2) -> torch.Tensor:
+def make_views(wave: torch.Tensor, cfg: FrontEndConfig, views: ViewsConfig, num_frames: int,
+               rng: np.random.Generator, num_views: int = 2) -> torch.Tensor:
     """[S] waveform -> [num_views, 1, F, num_frames] normalised spectrograms."""
     wave = wave - wave.mean()
-    if rng.random() < cfg.time_roll_p:
+    if rng.random() < views.time_roll_p:
         wave = torch.roll(wave, int(rng.integers(0, wave.numel())))
-    views = [normalise(fbank(random_crop(wave, cfg, rng), cfg)[:, :num_frames], cfg) for _ in range(num_views)]
-    return torch.stack(views)[:, None]
+    n = views.crop_samples(cfg)
+    crops = [normalise(fbank(random_crop(wave, n, rng), cfg)[:, :num_frames], cfg) for _ in range(num_views)]
+    return torch.stack(crops)[:, None]
 
 
 class PretrainViews(Dataset):
-    """Indexed by (clip index, epoch), as yielded by `GlobalBatchSampler`."""
+    """Indexed by (clip index, epoch), as yielded by `asit.sampler.GlobalBatchSampler`."""
 
-    def __init__(self, items: Sequence[AudioItem], cfg: FrontEndConfig, num_frames: int, seed: int):
+    def __init__(self, items: Sequence[AudioItem], cfg: FrontEndConfig, views: ViewsConfig, seed: int,
+                 patch_size: int = 16):
         self.items = list(items)
-        self.cfg = cfg
-        self.num_frames = num_frames
+        self.cfg, self.views = cfg, views
+        self.num_frames = views.num_frames(cfg, multiple=patch_size)
         self.seed = seed
+        self.bad: dict[int, str] = {}  # item -> why it cannot be read; in each loader process its own
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,50 +89,51 @@ class PretrainViews(Dataset):
         index, epoch = key
         rng = np.random.default_rng([self.seed, epoch, index])
         # An unreadable file is replaced by the next readable one: deterministic, so every process and
-        # every resumed run makes the same substitution. The failures are counted by the training loop.
+        # every resumed run makes the same substitution. The training loop reports and counts the files
+        # that failed (`BadFiles`): items index, index + 1, ..., one "\n"-separated reason each.
+        n = len(self.items)
         for failed in range(MAX_CONSECUTIVE_FAILURES):
-            item = self.items[(index + failed) % len(self.items)]
-            try:
-                wave = load_audio(item.path, self.cfg.sample_rate)
-            except AudioError as e:
-                log.warning("skipping %s", e)
-                continue
-            return {"views": make_views(wave, self.cfg, self.num_frames, rng), "index": index, "failed": failed}
-        raise RuntimeError(
+            wave = self.read((index + failed) % n)
+            if wave is not None:
+                return {"views": make_views(wave, self.cfg, self.views, self.num_frames, rng), "index": index, "failed": failed,
+                        "errors": "\n".join(self.bad[(index + k) % n] for k in range(failed))}
+        raise InputError(
             f"{MAX_CONSECUTIVE_FAILURES} unreadable audio files in a row from {self.items[index].path}: "
             f"is the data set readable at all?"
         )
 
+    def read(self, i: int) -> torch.Tensor | None:
+        """Item i's waveform, or None if it cannot be read: a file that failed once is not read again."""
+        if i not in self.bad:
+            try:
+                return load_audio(self.items[i].path, self.cfg.sample_rate)
+            except AudioError as e:
+                self.bad[i] = " ".join(str(e).split())  # one line: the reasons travel "\n"-separated
+        return None
 
-class GlobalBatchSampler(Sampler):
-    """Yields, for every remaining step, this process's share of the step's global batch.
 
-    Each epoch shuffles the whole data set with its own seed and cuts it into global batches (the last
-    incomplete one is dropped); process r takes elements r, r + W, ... of each. One process with batch
-    W * b therefore sees exactly the clips that W processes with batch b see together.
+class BadFiles:
+    """The unreadable files a run has met, each warned about once, out of the distinct files it read.
+
+    Fed the batches of `PretrainViews`: every loader process finds failures on its own, and this,
+    in the training process, is where they meet.
     """
 
-    def __init__(self, num_items: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 total_steps: int, start_step: int = 0):
-        self.global_batch = batch_size * world_size
-        self.steps_per_epoch = num_items // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the data has {num_items} clips, fewer than one global batch of {self.global_batch} "
-                f"(train.batch_size={batch_size} x {world_size} processes)"
-            )
-        self.num_items, self.rank, self.world_size = num_items, rank, world_size
-        self.seed, self.total_steps, self.start_step = seed, total_steps, start_step
+    def __init__(self, items: Sequence[AudioItem]):
+        self.items = items
+        self.seen = np.zeros(len(items), dtype=bool)
+        self.reasons: dict[str, str] = {}  # path -> why it cannot be read
 
-    def __len__(self) -> int:
-        return self.total_steps - self.start_step
+    def add(self, batch: dict) -> None:
+        n = len(self.items)
+        for index, failed, errors in zip(batch["index"].tolist(), batch["failed"].tolist(), batch["errors"]):
+            self.seen[[(index + k) % n for k in range(failed + 1)]] = True
+            for k, error in enumerate(errors.split("\n")[:failed]):
+                path = self.items[(index + k) % n].path
+                if path not in self.reasons:
+                    self.reasons[path] = error.removeprefix(f"{path}: ")
+                    log.warning("skipping %s", error)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order, order_epoch = None, None
-        for step in range(self.start_step, self.total_steps):
-            epoch, i = divmod(step, self.steps_per_epoch)
-            if epoch != order_epoch:
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
-                order_epoch = epoch
-            batch = order[i * self.global_batch:(i + 1) * self.global_batch]
-            yield [(int(j), epoch) for j in batch[self.rank::self.world_size]]
+    @property
+    def num_seen(self) -> int:
+        return int(np.count_nonzero(self.seen))

@@ -16,6 +16,8 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
+from .errors import InputError
+
 ARCHS = {  # name -> (width, heads); all are 12 blocks deep with MLP ratio 4
     "tiny": (192, 3),
     "small": (384, 6),
@@ -143,7 +145,7 @@ def resample_pos_embed(
     return torch.cat([prefix, rearrange(grid, "1 d f t -> 1 (f t) d")], dim=1)
 
 
-class WeightShapeError(ValueError):
+class WeightShapeError(InputError):
     pass
 
 

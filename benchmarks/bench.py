@@ -109,7 +109,7 @@ def step_specs(p: dict, device: str, extra: list[str]) -> list[dict]:
             specs.append({"name": f"{arch} {precision}", "config": None, "warmup": p["warmup"][arch],
                           "steps": p["steps"][arch], "profile": p["profile"] and arch == p["archs"][0] and precision == fastest,
                           "overrides": [f"model.arch={arch}", f"train.precision={precision}", f"train.device={device}",
-                                        f"train.batch_size={CLIPS_PER_STEP}", f"frontend.crop_seconds={CROP_SECONDS}", *extra]})
+                                        f"train.batch_size={CLIPS_PER_STEP}", f"views.crop_seconds={CROP_SECONDS}", *extra]})
     if p["laptop"]:
         auto = resolve_precision("auto", torch.device(device))
         for name, overrides in LAPTOP_VARIANTS.items():

@@ -34,16 +34,15 @@ def worker_pipeline(spec: dict) -> dict:
 
     from asit import gmml
     from asit.features import FrontEndConfig
-    from asit.views import PretrainViews
+    from asit.views import PretrainViews, ViewsConfig
 
     torch.set_num_threads(1)
-    frontend = FrontEndConfig(crop_seconds=spec["crop_seconds"])
-    num_frames = frontend.num_frames(multiple=16)
+    frontend, views = FrontEndConfig(), ViewsConfig(crop_seconds=spec["crop_seconds"])
     with tempfile.TemporaryDirectory(prefix="asit-bench-") as tmp:
         source, items = pipeline_audio(Path(tmp))
         items = items[:: max(1, len(items) // spec["clips"])][: spec["clips"]]  # spread over speakers/words
         seconds = statistics.mean(sf.info(str(item.path)).duration for item in items)
-        dataset = PretrainViews(items, frontend, num_frames, seed=0)
+        dataset = PretrainViews(items, frontend, views, seed=0)
         dataset[0, 0]  # warm-up: resampler kernels, fbank's mel matrix
         cpu, tic = time.process_time(), time.perf_counter()
         samples = [dataset[i, 0] for i in range(len(items))]

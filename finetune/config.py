@@ -132,9 +132,9 @@ class FinetuneConfig:
     output_dir: str = "runs/finetune"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    # crop_seconds and time_roll_p are pretraining choices and unused here: clips are fed whole, cut or
-    # zero-padded to model.num_frames as AST. The normalisation stats default to AudioSet's; left so, an
-    # init checkpoint's own stats are adopted (other front-end settings must agree with it).
+    # Clips are fed whole, cut or zero-padded to model.num_frames as AST. The normalisation stats default
+    # to AudioSet's; left so, an init checkpoint's own stats are adopted (other front-end settings must
+    # agree with it).
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from asit.audio import load_audio
 from asit.distributed import Dist
+from asit.errors import InputError
 from asit.features import FrontEndConfig, clip_features, fbank_statistics
 from asit.sources import AudioItem, list_audio
 
@@ -41,10 +42,10 @@ class Labels:
         out = torch.zeros(len(items), len(self.keys))
         for row, item in enumerate(items):
             if not self.multilabel and len(item.labels) != 1:
-                raise ValueError(f"{item.path}: single-label task, but the clip has labels {list(item.labels)}")
+                raise InputError(f"{item.path}: single-label task, but the clip has labels {list(item.labels)}")
             for label in item.labels:
                 if label not in index:
-                    raise ValueError(f"{item.path}: label {label!r} is not in the vocabulary "
+                    raise InputError(f"{item.path}: label {label!r} is not in the vocabulary "
                                      f"({len(self.keys)} classes, from the training set or data.class_labels)")
                 out[row, index[label]] = 1.0
         return out
@@ -55,10 +56,10 @@ def read_class_labels(path: str | Path) -> tuple[list[str], list[str]]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f, skipinitialspace=True))
     if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected the columns index, mid, display_name")
+        raise InputError(f"{path}: expected the columns index, mid, display_name")
     rows.sort(key=lambda r: int(r["index"]))
     if [int(r["index"]) for r in rows] != list(range(len(rows))):
-        raise ValueError(f"{path}: the index column must run 0, 1, ..., {len(rows) - 1}")
+        raise InputError(f"{path}: the index column must run 0, 1, ..., {len(rows) - 1}")
     return [r["mid"] for r in rows], [r["display_name"] for r in rows]
 
 
@@ -69,7 +70,7 @@ def build_labels(train: list[AudioItem], cfg: DataConfig) -> Labels:
         keys = sorted({label for item in train for label in item.labels})
         names = keys
     if not keys:
-        raise ValueError(f"{cfg.train}: the training clips have no labels (for a folder per class, set "
+        raise InputError(f"{cfg.train}: the training clips have no labels (for a folder per class, set "
                          f"data.labels_from_folders=true)")
     multilabel = (cfg.task == "multi" or
                   (cfg.task == "auto" and any(len(item.labels) != 1 for item in train)))
@@ -88,18 +89,24 @@ class Split:
 FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)$")
 
 
+def fsdd_name(path: str | Path) -> tuple[str, str, int] | None:
+    """(digit, speaker, take) of a Free Spoken Digit Dataset file, `{digit}_{speaker}_{take}.wav`, or None."""
+    match = FSDD_NAME.match(Path(path).stem)
+    return (match[1], match[2], int(match[3])) if match else None
+
+
 def fsdd_split(folder: str | Path, spec: str) -> tuple[list[AudioItem], list[AudioItem], list[AudioItem]]:
     """(train, val, test) of the Free Spoken Digit Dataset; see DataConfig.fsdd_split for the rules."""
     if spec != "official" and not spec.startswith("speaker:"):
-        raise ValueError(f"data.fsdd_split: expected official or speaker:<name>, got {spec!r}")
+        raise InputError(f"data.fsdd_split: expected official or speaker:<name>, got {spec!r}")
     held_out = spec.removeprefix("speaker:") if spec != "official" else None
     parts: dict[str, list[AudioItem]] = {"train": [], "val": [], "test": []}
     speakers = set()
     for item in list_audio(folder):
-        match = FSDD_NAME.match(Path(item.path).stem)
-        if not match:
-            raise ValueError(f"{item.path}: not an FSDD file name ({{digit}}_{{speaker}}_{{index}}.wav)")
-        digit, speaker, take = match[1], match[2], int(match[3])
+        name = fsdd_name(item.path)
+        if name is None:
+            raise InputError(f"{item.path}: not an FSDD file name ({{digit}}_{{speaker}}_{{index}}.wav)")
+        digit, speaker, take = name
         speakers.add(speaker)
         if held_out is None:
             part = "test" if take < 5 else "val" if take < 10 else "train"
@@ -107,7 +114,7 @@ def fsdd_split(folder: str | Path, spec: str) -> tuple[list[AudioItem], list[Aud
             part = "test" if speaker == held_out else "val" if take < 5 else "train"
         parts[part].append(AudioItem(item.path, (digit,), group=speaker))
     if held_out is not None and held_out not in speakers:
-        raise ValueError(f"data.fsdd_split: no speaker {held_out!r} in {folder} "
+        raise InputError(f"data.fsdd_split: no speaker {held_out!r} in {folder} "
                          f"(speakers: {', '.join(sorted(speakers))})")
     return parts["train"], parts["val"], parts["test"]
 
@@ -123,14 +130,14 @@ def make_splits(cfg: DataConfig) -> list[Split]:
         return [Split("", train, val, test)]
     unfolded = [item.path for item in train if item.fold is None]
     if unfolded:
-        raise ValueError(f"data.cv needs a fold for every clip of {cfg.train}; {unfolded[0]} has none")
+        raise InputError(f"data.cv needs a fold for every clip of {cfg.train}; {unfolded[0]} has none")
     present = sorted({item.fold for item in train}, key=_natural)
     folds = [str(f) for f in cfg.folds] if cfg.folds else present
     missing = sorted(set(folds) - set(present))
     if missing:
-        raise ValueError(f"data.folds: fold {missing[0]} does not occur in {cfg.train} (folds: {', '.join(present)})")
+        raise InputError(f"data.folds: fold {missing[0]} does not occur in {cfg.train} (folds: {', '.join(present)})")
     if len(present) < 2:
-        raise ValueError(f"data.cv needs at least two folds in {cfg.train}, found {present}")
+        raise InputError(f"data.cv needs at least two folds in {cfg.train}, found {present}")
     return [Split(f"fold_{f}", [i for i in train if i.fold != f], [i for i in train if i.fold == f], test)
             for f in folds]
 
@@ -219,38 +226,3 @@ def balanced_weights(targets: torch.Tensor) -> np.ndarray:
         # Clips without any label would never be drawn: give them the smallest weight of a labelled clip.
         weights[weights <= 0] = weights[weights > 0].min()
     return weights / weights.sum()
-
-
-class TrainBatches(Sampler):
-    """This process's share of each global batch of one epoch; call `set_epoch` before iterating.
-
-    Every epoch is a shuffle of all clips (or, with `weights`, as many draws with replacement), the same
-    on every process; it is cut into global batches of batch_size x world_size (the last incomplete one
-    is dropped) and process r takes elements r, r + W, ... of each.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 weights: np.ndarray | None = None):
-        self.global_batch = batch_size * world_size
-        self.steps_per_epoch = num_items // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"the training set has {num_items} clips, fewer than one global batch of "
-                             f"{self.global_batch} (train.batch_size={batch_size} x {world_size} processes)")
-        self.num_items, self.rank, self.world_size = num_items, rank, world_size
-        self.seed, self.weights, self.epoch = seed, weights, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.weights is None:
-            order = rng.permutation(self.num_items)
-        else:
-            order = rng.choice(self.num_items, size=self.num_items, replace=True, p=self.weights)
-        for i in range(self.steps_per_epoch):
-            batch = order[i * self.global_batch:(i + 1) * self.global_batch]
-            yield [int(j) for j in batch[self.rank::self.world_size]]

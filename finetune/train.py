@@ -24,14 +24,16 @@ from asit.augment import mixup, spec_augment
 from asit.checkpoint import atomic_save, load
 from asit.config import to_dict
 from asit.distributed import Dist
+from asit.errors import InputError
 from asit.frozen import classification_loss
-from asit.optim import build_adamw, set_hyperparameters
+from asit.optim import build_adamw, optimizer_step, set_hyperparameters
 from asit.runlog import RunLog
-from asit.schedules import cosine
 from asit.runtime import autocast, resolve_precision, step_seed
+from asit.sampler import GlobalBatchSampler
+from asit.schedules import cosine
 
 from .config import FinetuneConfig, TrainConfig
-from .data import Labels, Split, TrainBatches, balanced_weights, collect, datasets
+from .data import Labels, Split, balanced_weights, collect, datasets
 from .evaluate import report, score, scores_from_logits, selection_metric
 from .model import build_model
 
@@ -66,8 +68,8 @@ class Finetuner:
 
         t = cfg.train
         weights = balanced_weights(self.sets["train"].targets) if t.balanced_sampling else None
-        self.sampler = TrainBatches(len(self.sets["train"]), t.batch_size, env.rank, env.world_size, cfg.seed,
-                                    weights)
+        self.sampler = GlobalBatchSampler(len(self.sets["train"]), t.batch_size, env.rank, env.world_size, cfg.seed,
+                                          weights=weights, with_epoch=False)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.lr = lr_schedule(t, self.steps_per_epoch)
         self.bce = t.loss == "bce" or (t.loss == "auto" and labels.multilabel)
@@ -101,13 +103,7 @@ class Finetuner:
             logits = self.ddp(x)  # [B, C]
         loss = classification_loss(logits.float(), y, self.bce)
 
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
-                     if cfg.train.clip_grad > 0 else torch.zeros(()))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        grad_norm = optimizer_step(loss, self.optimizer, self.scaler, self.model.parameters(), cfg.train.clip_grad)
         return loss.detach(), grad_norm
 
     def end_epoch(self, epoch: int) -> dict:
@@ -237,9 +233,9 @@ class Finetuner:
             return 0
         ckpt = load(path)
         if "train_state" not in ckpt:
-            raise ValueError(f"{path}: has no training state to resume from; use another output_dir")
+            raise InputError(f"{path}: has no training state to resume from; use another output_dir")
         if ckpt["labels"] != list(self.labels.names):
-            raise ValueError(f"{path}: was trained on other labels; use another output_dir")
+            raise InputError(f"{path}: was trained on other labels; use another output_dir")
         load_exact(self.model, ckpt["model"], str(path))
         state = ckpt["train_state"]
         self.optimizer.load_state_dict(state["optimizer"])

@@ -9,6 +9,7 @@ from asit.features import FrontEndConfig
 from asit.gmml import GMMLConfig
 from asit.losses import LossConfig
 from asit.model import ModelConfig
+from asit.views import ViewsConfig
 
 
 @dataclass
@@ -18,8 +19,9 @@ class DataConfig:
     # runs with nothing to download.
     train: str | None = None
     num_workers: int = 2  # loader processes per training process
-    # Unreadable, empty, silent or non-finite files are skipped with a warning; more than this fraction
-    # of them stops the run (the data set is then broken, not a few files).
+    # Unreadable, empty, silent or non-finite files are skipped with one warning each and listed in
+    # output_dir/bad_files.txt; more than this fraction of the distinct files read stops the run (the
+    # data set is then broken, not a few files).
     max_bad_fraction: float = 0.05
     synthetic_clips: int = 512
     cache_dir: str | None = None  # for the synthetic set; default $ASIT_CACHE_DIR or ~/.cache/asit
@@ -54,7 +56,8 @@ class PretrainConfig:
     output_dir: str = "runs/pretrain"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)  # the model's input (checkpoints pin it)
+    views: ViewsConfig = field(default_factory=ViewsConfig)  # the two crops of a clip (the run's choice)
     gmml: GMMLConfig = field(default_factory=GMMLConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -19,18 +20,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asit import distributed, gmml
-from asit.checkpoint import atomic_save, backbone_checkpoint, load, load_backbone
-from asit.config import to_dict
+from asit.checkpoint import atomic_save, backbone_checkpoint, load_backbone, load_newest
+from asit.config import ConfigError, to_dict
+from asit.errors import InputError
 from asit.features import check_frontend, frontend_metadata
 from asit.losses import ASiTLoss
 from asit.model import build_network, ema_update
-from asit.optim import build_adamw, set_hyperparameters
+from asit.optim import build_adamw, optimizer_step, set_hyperparameters
 from asit.runlog import RunLog
 from asit.runtime import autocast, compiled, resolve_precision, step_seed
+from asit.sampler import GlobalBatchSampler
 from asit.schedules import cosine, linear_then_constant
 from asit.sources import list_audio
 from asit.synthetic import default_cache_dir, ensure_synthetic_dataset
-from asit.views import GlobalBatchSampler, PretrainViews
+from asit.views import BadFiles, PretrainViews
 from asit.vit import adapt_state_dict, grid_of, set_attention
 
 from .config import PretrainConfig
@@ -75,10 +78,11 @@ class Pretrainer:
         items = training_items(cfg)
         self.patch = cfg.model.patch_size
         if cfg.frontend.num_mel_bins % self.patch:
-            raise ValueError(f"frontend.num_mel_bins={cfg.frontend.num_mel_bins} is not a multiple of "
+            raise ConfigError(f"frontend.num_mel_bins={cfg.frontend.num_mel_bins} is not a multiple of "
                              f"model.patch_size={self.patch}")
-        self.num_frames = cfg.frontend.num_frames(multiple=self.patch)
-        self.dataset = PretrainViews(items, cfg.frontend, self.num_frames, cfg.seed)
+        self.dataset = PretrainViews(items, cfg.frontend, cfg.views, cfg.seed, self.patch)
+        self.num_frames = self.dataset.num_frames
+        self.bad_files = BadFiles(items)
         probe = GlobalBatchSampler(len(items), cfg.train.batch_size, 0, self.env.world_size, cfg.seed, 0)
         self.steps_per_epoch = probe.steps_per_epoch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -141,25 +145,34 @@ class Pretrainer:
         }
 
     def save(self, step: int) -> None:
+        found = {}
+        for part in distributed.all_gather_object(self.bad_files.reasons):
+            found |= part
         if not self.env.is_main:
             return
-        atomic_save(self.checkpoint(step), self.out / "checkpoint.pt")
+        self.write_bad_files(found)
+        atomic_save(self.checkpoint(step), self.out / "checkpoint.pt", keep_previous=self.keep_newest)
+        self.keep_newest = True
         backbone = backbone_checkpoint(self.teacher.backbone, self.cfg.model.arch, self.patch, self.patch,
                                        grid_of(self.teacher.backbone),
                                        frontend_metadata(self.cfg.frontend, self.num_frames))
         atomic_save(backbone, self.out / "teacher_backbone.pt")
 
     def resume(self) -> int:
-        path = self.out / "checkpoint.pt"
-        if not path.exists():
+        newest = self.out / "checkpoint.pt"
+        # The next save keeps the checkpoint it replaces as the previous one, unless that one is unreadable.
+        self.keep_newest = True
+        found = load_newest(newest)
+        if found is None:
             return 0
-        ckpt = load(path)
+        ckpt, path = found
+        self.keep_newest = path == newest
         check_frontend(ckpt["frontend"], self.cfg.frontend, str(path))
         for name, module in (("student", self.student), ("teacher", self.teacher), ("loss", self.criterion)):
             try:
                 module.load_state_dict(ckpt[name])
             except RuntimeError as e:
-                raise ValueError(f"{path}: the {name} does not match this config ({e})") from None
+                raise InputError(f"{path}: the {name} does not match this config ({e})") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         log.info("resumed from %s at step %d", path, ckpt["step"])
@@ -193,16 +206,10 @@ class Pretrainer:
             losses = self.criterion(student_out, teacher_out, clean,
                                     pixel_mask if cfg.gmml.enabled else None, s.teacher_temp[step])
 
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.train.clip_grad)
-                     if cfg.train.clip_grad > 0 else torch.zeros(()))
-        if epoch < cfg.train.freeze_last_layer_epochs:
-            for p in self.student.last_layers():  # prototypes stay put while the rest settles
-                p.grad = None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        # The prototypes stay put while the rest settles.
+        frozen = self.student.last_layers() if epoch < cfg.train.freeze_last_layer_epochs else ()
+        grad_norm = optimizer_step(losses["loss"], self.optimizer, self.scaler, self.student.parameters(),
+                                   cfg.train.clip_grad, frozen)
         ema_update(self.teacher, self.student, s.momentum[step])
 
         losses["grad_norm"] = grad_norm
@@ -229,23 +236,21 @@ class Pretrainer:
                      cfg.model.arch, len(self.dataset), self.total_steps, self.global_batch,
                      self.steps_per_epoch, self.amp_dtype or "fp32", self.device, env.world_size)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        failed = seen = 0
         last_save = self.start_step
         bar = tqdm(total=self.stop_step, initial=self.start_step, disable=not env.is_main, desc="pretrain")
         tic, last_log = time.perf_counter(), self.start_step
         for step, batch in enumerate(self.loader(), start=self.start_step):
             losses, outputs = self.train_step(batch, step)
             nonfinite |= ~torch.isfinite(losses["loss"].detach())
-            failed += int(batch["failed"].sum())
-            seen += len(batch["index"]) + int(batch["failed"].sum())
-            self.check_bad_files(failed, seen)
+            self.bad_files.add(batch)
+            self.check_bad_files()
             done = step + 1
             bar.update(1)
             if done % cfg.train.log_every_steps == 0 or done == self.stop_step:
                 self.check_finite(nonfinite, step, last_save)
                 values = self.log_values(losses, outputs, step, (time.perf_counter() - tic) / (done - last_log))
                 bar.set_postfix(loss=f"{values['loss/total']:.4f}")
-                self.runlog.scalars(done, values | {"data/failed_reads": failed})
+                self.runlog.scalars(done, values | {"data/bad_files": len(self.bad_files.reasons)})
                 tic, last_log = time.perf_counter(), done
             if done % cfg.train.image_every_steps == 0 and "rec" in outputs["student"]:
                 self.log_images(done, outputs)
@@ -267,13 +272,29 @@ class Pretrainer:
                 f"or check the data for extreme values."
             )
 
-    def check_bad_files(self, failed: int, seen: int) -> None:
-        limit = self.cfg.data.max_bad_fraction
-        if seen >= 20 and failed > limit * seen:
-            raise RuntimeError(
-                f"{failed} of {seen} audio file reads failed (unreadable, empty, silent "
-                f"or non-finite; see the warnings above), more than data.max_bad_fraction={limit}"
+    def check_bad_files(self) -> None:
+        bad, seen, limit = len(self.bad_files.reasons), self.bad_files.num_seen, self.cfg.data.max_bad_fraction
+        if seen >= 20 and bad > limit * seen:
+            path = self.write_bad_files(self.bad_files.reasons)  # this process's alone: the others never stop here
+            raise InputError(
+                f"{bad} of the {seen} audio files read so far cannot be read (unreadable, empty, silent or "
+                f"non-finite), more than data.max_bad_fraction={limit}: the data set looks broken. They are "
+                f"listed in {path}; fix or remove them, or raise data.max_bad_fraction"
             )
+
+    def write_bad_files(self, found: dict[str, str]) -> Path:
+        """output_dir/bad_files.txt: path and reason of every unreadable file met, by this run and the runs
+        it resumes."""
+        path = self.out / "bad_files.txt"
+        earlier = dict(line.split("\t", 1) for line in path.read_text().splitlines()) if path.exists() else {}
+        listed = earlier | found
+        if len(listed) > len(earlier):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text("".join(f"{file}\t{reason}\n" for file, reason in listed.items()))
+            os.replace(tmp, path)
+            log.info("%d unreadable files skipped, listed in %s", len(listed), path)
+        return path
 
     @torch.no_grad()
     def log_values(self, losses: dict, outputs: dict, step: int, seconds_per_step: float) -> dict:

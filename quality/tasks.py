@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from asit.sources import AudioItem, list_audio, write_csv
+from finetune.data import fsdd_name
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD_HELD_OUT = "george"
@@ -48,13 +48,9 @@ def data_root() -> Path:
     return Path(os.environ.get("DATA", REPO.parent / "shared" / "data"))
 
 
-def speaker_of(path: str, kind: str) -> str:
-    name = Path(path).stem
-    if kind == "fsdd":
-        return re.fullmatch(r"\d_([A-Za-z]+)_\d+", name)[1]
-    if kind == "commands":
-        return name.split("_nohash_")[0]
-    raise ValueError(kind)
+def commands_speaker(path: str) -> str:
+    """The speaker of a Speech Commands clip, `<speaker>_nohash_<n>.wav`."""
+    return Path(path).stem.split("_nohash_")[0]
 
 
 def write_crops(source: Path, out_dir: Path, seconds: float, limit: int | None = None) -> list[Path]:
@@ -99,7 +95,7 @@ def build(out: Path) -> tuple[Path, list[Task]]:
     fsdd = list_audio(root / "fsdd" / "recordings")
     fsdd_train, fsdd_test = [], []
     for item in fsdd:
-        digit, speaker = Path(item.path).stem[0], speaker_of(item.path, "fsdd")
+        digit, speaker, _ = fsdd_name(item.path)
         labelled = AudioItem(item.path, (digit,), group=speaker)
         (fsdd_test if speaker == FSDD_HELD_OUT else fsdd_train).append(labelled)
 
@@ -116,7 +112,7 @@ def build(out: Path) -> tuple[Path, list[Task]]:
 
     commands = []
     for item in list_audio(root / "speech_commands_sample"):
-        speaker = speaker_of(item.path, "commands")
+        speaker = commands_speaker(item.path)
         fold = int(hashlib.sha1(speaker.encode()).hexdigest(), 16) % COMMANDS_FOLDS
         commands.append(AudioItem(item.path, (Path(item.path).parent.name,), fold=str(fold), group=speaker))
 

@@ -10,7 +10,7 @@ FSDD = SHARED_DATA / "fsdd" / "recordings"
 # Small heads and 1 s views: a pretraining step of a ViT-tiny in well under a second on 2 cores.
 TINY = [
     "model.arch=tiny", "model.head_hidden_dim=64", "model.head_bottleneck_dim=32",
-    "model.global_out_dim=64", "model.local_out_dim=32", "frontend.crop_seconds=1.0",
+    "model.global_out_dim=64", "model.local_out_dim=32", "views.crop_seconds=1.0",
     "data.num_workers=0", "train.log_every_steps=1", "train.device=cpu",
 ]
 

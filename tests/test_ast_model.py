@@ -102,7 +102,7 @@ def teacher_backbone(tmp_path_factory):
     torch.manual_seed(1)
     backbone = randomised(build_vit("tiny", (128, 96), patch_size=16))
     path = tmp_path_factory.mktemp("pretrain") / "teacher_backbone.pt"
-    meta = frontend_metadata(FrontEndConfig(crop_seconds=1.0), 96)
+    meta = frontend_metadata(FrontEndConfig(), 96)
     atomic_save(backbone_checkpoint(backbone, "tiny", 16, 16, grid_of(backbone), meta), path)
     return backbone, path
 
@@ -143,7 +143,7 @@ def test_a_copied_distillation_token_outputs_what_the_class_token_does(teacher_b
 def test_a_backbone_on_its_own_input_embeds_exactly_as_the_backbone(teacher_backbone):
     backbone, path = teacher_backbone
     model, frontend = ast_from_backbone(*load_backbone(path), str(path))
-    assert model.cfg.num_frames == 96 and model.cfg.patch_stride == 16 and frontend.crop_seconds == 1.0
+    assert model.cfg.num_frames == 96 and model.cfg.patch_stride == 16 and frontend == FrontEndConfig()
     x = torch.randn(2, 1, 128, 96)
     with torch.no_grad():
         expected = backbone.forward_features(x)  # [B, 1 + N, D]

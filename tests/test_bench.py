@@ -18,7 +18,7 @@ from conftest import REPO, TINY
 from benchmarks import bench, flops, inference, measure, step
 
 # TINY's model and front end, without its run settings (the benchmark sets device, workers, ...).
-TINY_MODEL = [o for o in TINY if o.startswith(("model.", "frontend."))]
+TINY_MODEL = [o for o in TINY if o.startswith(("model.", "frontend.", "views."))]
 
 
 def explicit_attention(*modules: torch.nn.Module) -> None:

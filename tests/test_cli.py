@@ -125,7 +125,7 @@ def test_folders_stand_for_the_audio_files_under_them(single_label, files, tmp_p
     assert list(parse_predictions(capsys.readouterr().out)) == listed[:3]
 
     (tmp_path / "empty").mkdir()
-    assert main(["predict", single_label, str(tmp_path / "empty"), "--device", "cpu"]) == 1
+    assert main(["predict", single_label, str(tmp_path / "empty"), "--device", "cpu"]) == 2
     assert "no audio files" in capsys.readouterr().err
 
 

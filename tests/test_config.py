@@ -69,4 +69,4 @@ def test_command_line_config_errors_are_one_line_and_exit_2(capsys):
 
     assert main(["train.epoch=3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("config error:") and "train.epoch" in err and "\n" not in err
+    assert err.startswith("error:") and "train.epoch" in err and "\n" not in err

@@ -12,7 +12,8 @@ import torch
 from asit.config import ConfigError, load_config
 from asit.sources import AudioItem
 from finetune.config import DataConfig, FinetuneConfig, TrainConfig
-from finetune.data import TrainBatches, balanced_weights, build_labels, fsdd_split, make_splits
+from asit.sampler import GlobalBatchSampler
+from finetune.data import balanced_weights, build_labels, fsdd_split, make_splits
 from finetune.train import lr_schedule
 
 
@@ -142,7 +143,7 @@ def test_cross_validation_holds_out_each_fold_once(tmp_path):
 
 def test_balanced_sampling_draws_every_class_equally_often():
     targets = torch.eye(3)[torch.tensor([0] * 80 + [1] * 15 + [2] * 5)]
-    sampler = TrainBatches(100, 10, 0, 1, seed=0, weights=balanced_weights(targets))
+    sampler = GlobalBatchSampler(100, 10, 0, 1, seed=0, weights=balanced_weights(targets), with_epoch=False)
     drawn = Counter()
     for epoch in range(50):
         sampler.set_epoch(epoch)
@@ -162,8 +163,8 @@ def test_balanced_weights_of_tags_sum_their_inverse_frequencies():
 
 
 def test_processes_share_each_global_batch_without_overlap():
-    shares = [TrainBatches(50, 4, rank, 3, seed=5) for rank in range(3)]
-    one = TrainBatches(50, 12, 0, 1, seed=5)
+    shares = [GlobalBatchSampler(50, 4, rank, 3, seed=5, with_epoch=False) for rank in range(3)]
+    one = GlobalBatchSampler(50, 12, 0, 1, seed=5, with_epoch=False)
     for sampler in shares + [one]:
         sampler.set_epoch(2)
     for parts, whole in zip(zip(*shares), one):
