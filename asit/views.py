@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +34,10 @@ class ViewsConfig:
 
     crop_seconds: float = 6.0  # length of one view; the frame count is derived from it
     time_roll_p: float = 0.5  # probability of a circular time shift of the waveform before cropping
+    # Where the fbank of the crops is computed: in the loader workers (per clip), or batched on the
+    # training device (asit.batched_fbank, the same numbers): for GPUs whose step outruns the CPU cores'
+    # fbank, and for few-core machines, where workers compete with the step for the cores.
+    frontend: Literal["loader", "device"] = "loader"
 
     def __post_init__(self):
         if self.crop_seconds <= 0:
@@ -60,15 +65,22 @@ def random_crop(wave: torch.Tensor, n: int, rng: np.random.Generator) -> torch.T
     return wave[start:start + n]
 
 
-def make_views(wave: torch.Tensor, cfg: FrontEndConfig, views: ViewsConfig, num_frames: int,
-               rng: np.random.Generator, num_views: int = 2) -> torch.Tensor:
-    """[S] waveform -> [num_views, 1, F, num_frames] normalised spectrograms."""
+def make_crops(wave: torch.Tensor, cfg: FrontEndConfig, views: ViewsConfig, rng: np.random.Generator,
+               num_views: int = 2) -> torch.Tensor:
+    """[S] waveform -> [num_views, crop_samples]: the DC-free clip, time-rolled with p = time_roll_p,
+    cropped at random num_views times."""
     wave = wave - wave.mean()
     if rng.random() < views.time_roll_p:
         wave = torch.roll(wave, int(rng.integers(0, wave.numel())))
     n = views.crop_samples(cfg)
-    crops = [normalise(fbank(random_crop(wave, n, rng), cfg)[:, :num_frames], cfg) for _ in range(num_views)]
-    return torch.stack(crops)[:, None]
+    return torch.stack([random_crop(wave, n, rng) for _ in range(num_views)])
+
+
+def crop_features(crops: torch.Tensor, cfg: FrontEndConfig, num_frames: int) -> torch.Tensor:
+    """[..., S] crops -> [..., 1, F, num_frames] normalised spectrograms, one fbank per crop."""
+    specs = torch.stack([fbank(c, cfg)[:, :num_frames] for c in crops.reshape(-1, crops.shape[-1])])
+    return normalise(specs, cfg).reshape(*crops.shape[:-1], 1, *specs.shape[1:])
+
 
 
 class PretrainViews(Dataset):
@@ -95,7 +107,9 @@ class PretrainViews(Dataset):
         for failed in range(MAX_CONSECUTIVE_FAILURES):
             wave = self.read((index + failed) % n)
             if wave is not None:
-                return {"views": make_views(wave, self.cfg, self.views, self.num_frames, rng), "index": index, "failed": failed,
+                crops = make_crops(wave, self.cfg, self.views, rng)
+                views = crops if self.views.frontend == "device" else crop_features(crops, self.cfg, self.num_frames)
+                return {"views": views, "index": index, "failed": failed,
                         "errors": "\n".join(self.bad[(index + k) % n] for k in range(failed))}
         raise InputError(
             f"{MAX_CONSECUTIVE_FAILURES} unreadable audio files in a row from {self.items[index].path}: "

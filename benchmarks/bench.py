@@ -92,6 +92,7 @@ def plan(args) -> dict:
         "warmup": {"small": 3, "base": 2, "tiny": 3},
         "steps": {"small": 3 if quick else 8, "base": 2 if quick else 4, "tiny": 3 if quick else 8},
         "pipeline_clips": 16 if quick else 64,
+        "manifest_entries": 100_000 if quick else 2_000_000,  # AudioSet-2M's size
         "inference_frames": 512 if quick else 1024,  # 10 s at 10 ms, AST's AudioSet input
         "inference_batch": 2 if quick else 4,
         "inference_reps": 2 if quick else 3,
@@ -145,7 +146,8 @@ def run(args) -> dict:
         r["fraction_of_matmul_peak"] = r["flops_per_s"] / results["matmul_peak_flops"]["bf16" if r["amp"] == "bf16" else "fp32"]
         results["steps"].append(r)
     say("data pipeline")
-    pipe = run_worker("pipeline", crop_seconds=CROP_SECONDS, batch=CLIPS_PER_STEP, clips=p["pipeline_clips"])
+    pipe = run_worker("pipeline", crop_seconds=CROP_SECONDS, batch=CLIPS_PER_STEP, clips=p["pipeline_clips"],
+                      manifest_entries=p["manifest_entries"], device_threads=torch.get_num_threads())
     first_arch = [s for s in results["steps"] if s["config"] is None and s["arch"] == p["archs"][0]]
     if first_arch:
         # The most demanding consumer: the fastest step of the first architecture (ViT-S by default).
@@ -248,9 +250,13 @@ def report(results: dict) -> str:
     p = results["pipeline"]
     out += ["", f"2. data pipeline, one worker ({p['threads']} thread, {p['clips']} clips of {p['source']}, "
                 f"{p['mean_clip_seconds']:.1f} s on average):",
-            f"   views (decode, resample, fbank, 2 crops) {p['views_clips_per_s']:.1f} clips/s; "
+            f"   views (decode, resample, fbank, 2 crops) {p['views_clips_per_s']:.1f} clips/s from files, "
+            f"{p['shards_clips_per_s']:.1f} from shards (index opened in {p['shards_open_seconds'] * 1e3:.0f} ms); "
             f"corruption {p['corrupt_clips_per_s']:.1f} clips/s; together {p['clips_per_s']:.1f} clips/s "
-            f"(CPU got {p['cpu_share']:.0%})"]
+            f"(CPU got {p['cpu_share']:.0%})",
+            f"   views.frontend=device: the worker makes {p['crops_clips_per_s']:.1f} clips/s of crops, and the "
+            f"batched fbank of the step {p['device_fbank_clips_per_s']:.1f} clips/s on {p['device_threads']} thread(s)",
+            f"   listing a generated manifest of {p['manifest_entries']:,} clips: {p['manifest_list_seconds']:.1f} s"]
     if "ratio_to_step" in p:
         out.append(f"   = {p['ratio_to_step']:.1f}x what a {p['consumer']} step consumes (target >= {PIPELINE_TARGET_RATIO:.0f}x)")
     if results["inference"]:

@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asit import distributed, gmml
+from asit.batched_fbank import BatchedFbank
 from asit.checkpoint import atomic_save, backbone_checkpoint, load_backbone, load_newest
 from asit.config import ConfigError, to_dict
 from asit.errors import InputError
-from asit.features import check_frontend, frontend_metadata
+from asit.features import check_frontend, frontend_metadata, normalise
 from asit.losses import ASiTLoss
 from asit.model import build_network, ema_update
 from asit.optim import build_adamw, optimizer_step, set_hyperparameters
@@ -82,6 +83,8 @@ class Pretrainer:
                              f"model.patch_size={self.patch}")
         self.dataset = PretrainViews(items, cfg.frontend, cfg.views, cfg.seed, self.patch)
         self.num_frames = self.dataset.num_frames
+        # views.frontend=device: the loader hands over waveform crops, and their fbank is made here.
+        self.fbank = BatchedFbank(cfg.frontend).to(self.device) if cfg.views.frontend == "device" else None
         self.bad_files = BadFiles(items)
         probe = GlobalBatchSampler(len(items), cfg.train.batch_size, 0, self.env.world_size, cfg.seed, 0)
         self.steps_per_epoch = probe.steps_per_epoch
@@ -193,7 +196,10 @@ class Pretrainer:
         # Stochastic depth draws from the global RNG: seeding it per step makes resumes exact.
         torch.manual_seed(step_seed(cfg.seed, step, self.env.rank))
 
-        views = batch["views"].to(self.device, non_blocking=True)  # [B, 2, 1, F, T]
+        views = batch["views"].to(self.device, non_blocking=True)  # [B, 2, 1, F, T], or crops [B, 2, S]
+        if self.fbank is not None:
+            specs = normalise(self.fbank(views.flatten(0, 1))[..., :self.num_frames], cfg.frontend)
+            views = specs.unflatten(0, views.shape[:2])[:, :, None]
         clean = torch.cat([views[:, 0], views[:, 1]])  # [2B, 1, F, T]
         corrupted, pixel_mask, token_mask = self.corrupt(views, batch["index"], step)
         # The local loss reads corrupted tokens only (paper), or every token (reference code).

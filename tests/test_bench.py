@@ -131,11 +131,15 @@ def test_the_report_names_the_kernel_flags_and_sets_each_runtime_choice_beside_i
                            "torch": "2.9", "torch_threads": 2, "cpu_capability": "AVX512"},
                "steps": [fake_step("laptop", "tiny.yaml", "bf16", 0.4), fake_step("laptop, other precision", "tiny.yaml", "fp32", 0.8)],
                "pipeline": {"threads": 1, "clips": 1, "source": "x", "mean_clip_seconds": 1.0, "views_clips_per_s": 1.0,
-                            "corrupt_clips_per_s": 1.0, "clips_per_s": 1.0, "cpu_share": 1.0}, "inference": []}
+                            "corrupt_clips_per_s": 1.0, "clips_per_s": 1.0, "cpu_share": 1.0, "shards_clips_per_s": 1.0,
+                            "shards_open_seconds": 0.1, "crops_clips_per_s": 9.0, "device_fbank_clips_per_s": 3.0,
+                            "device_threads": 2, "manifest_entries": 2_000_000, "manifest_list_seconds": 5.0},
+               "inference": []}
     text = bench.report(results)
     assert "avx512_bf16" in text and "precision auto -> bf16 (native: avx512_bf16)" in text
     assert "laptop, other precision: 2.00x the laptop step's time" in text
     assert "vs ref" not in text and "not measured in this run" in text  # no other machine's time as a ratio
+    assert "listing a generated manifest of 2,000,000 clips: 5.0 s" in text
     args = argparse.Namespace(quick=False, archs="small", precisions="bf16", no_laptop=False, no_profile=True)
     specs = bench.step_specs(bench.plan(args), "cpu", [])
     laptop = {s["name"]: s["overrides"] for s in specs if s["config"]}

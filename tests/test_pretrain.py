@@ -250,3 +250,18 @@ def test_fast_bf16_step_computes_what_the_fp32_step_computes(tmp_path):
             assert b[key].item() == pytest.approx(a[key].item(), rel=1e-2), key
         logits_a, logits_b = out_a["student"]["global"].float(), out_b["student"]["global"].float()
         assert (logits_a - logits_b).abs().max() < 0.1 * logits_a.std()
+
+
+def test_the_fbank_on_the_device_computes_what_the_loader_computes(tmp_path):
+    # views.frontend=device moves the fbank from the loader to the training step, batched: same numbers.
+    runs = {}
+    for where in ("loader", "device"):
+        trainer = Pretrainer(config(f"output_dir={tmp_path / where}", f"views.frontend={where}", "train.precision=fp32",
+                                    "data.synthetic_clips=8", "train.batch_size=4"))
+        batch = next(iter(trainer.loader()))
+        assert batch["views"].shape[2:] == ((16000,) if where == "device" else (1, 128, 96))
+        runs[where] = [trainer.train_step(batch, step) for step, batch in zip(range(2), trainer.loader())]
+    for (a, out_a), (b, out_b) in zip(runs["loader"], runs["device"]):
+        assert torch.allclose(out_a["clean"], out_b["clean"], atol=1e-6)
+        for key in ("rec", "local", "global"):
+            assert b[key].item() == pytest.approx(a[key].item(), rel=1e-5), key

@@ -64,4 +64,4 @@ def test_the_budget_curve_orders_its_points_by_steps(tmp_path):
         (tmp_path / f"{r['name']}-seed0.json").write_text(json.dumps(r))
     table = render(load_results(tmp_path), "recipe", ["recipe", "budget"], curve=["recipe", "budget"])
     curve = table.split("## The budget curve")[1].split("## Experiments")[0]
-    assert curve.index("| 2.0 | 200 | budget [0] | 30.0 (20.0) |") < curve.index("| 10.0 | 1000 | recipe [0] | 60.0 (50.0) |")
+    assert curve.index("| 2.0 | 200 | 0.60 | budget [0] | 30.0 (20.0) |") < curve.index("| 10.0 | 1000 | 0.60 | recipe [0] | 60.0 (50.0) |")

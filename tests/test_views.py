@@ -6,7 +6,7 @@ from asit.features import FrontEndConfig, check_frontend, fbank, frontend_metada
 from asit.sources import AudioItem, list_audio
 from asit.synthetic import ensure_synthetic_dataset
 from asit.sampler import GlobalBatchSampler
-from asit.views import PretrainViews, ViewsConfig, make_views, random_crop
+from asit.views import PretrainViews, ViewsConfig, crop_features, make_crops, random_crop
 from asit.runtime import resolve_precision
 
 
@@ -31,8 +31,8 @@ def test_short_clips_are_zero_padded_at_the_end():
 
 def test_two_views_are_different_crops_of_the_same_clip():
     wave = torch.randn(5 * 16000) * 0.1
-    views = make_views(wave, FrontEndConfig(), ViewsConfig(crop_seconds=1.0, time_roll_p=0.0), 96,
-                       np.random.default_rng(3))
+    crops = make_crops(wave, FrontEndConfig(), ViewsConfig(crop_seconds=1.0, time_roll_p=0.0), np.random.default_rng(3))
+    views = crop_features(crops, FrontEndConfig(), 96)
     assert views.shape == (2, 1, 128, 96)
     assert not torch.equal(views[0], views[1])
 
