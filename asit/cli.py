@@ -1,10 +1,12 @@
-"""The `asit` command: data statistics, inference and Hugging Face conversion.
+"""The `asit` command: data statistics, inference, shards, and conversion to Hugging Face and ONNX.
 
     asit stats DATA [--sample-rate 16000] [--max-files N]
     asit predict CKPT FILE|FOLDER... [--top-k 5]
     asit embed CKPT FILE|FOLDER... -o out.npy [--pool token|mean]     (+ out.txt: the files, in row order)
     asit export-hf CKPT DIR
     asit import-hf DIR CKPT [--multilabel | --single-label]
+    asit export-onnx CKPT OUT.onnx [--backbone]
+    asit shard DATA OUT/ --shard-size N [--sample-rate R] [--mono]
 
 Audio longer than the model's window is scored window by window (hop half a window) and the outputs
 averaged, so a file of any length gets one answer. User errors (a missing file, unreadable audio, the
