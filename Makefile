@@ -23,7 +23,7 @@ bench:
 	$(PYTHON) benchmarks/bench.py $(ARGS)
 
 # ASiT's Table II in miniature (see ablation/__main__.py). DATA=/path/to/shared/data to point elsewhere.
-# JOBS rows run side by side, each on cores / JOBS threads (ViT-tiny uses 2 cores poorly: 1.3x sooner).
+# JOBS rows run side by side, each on cores / JOBS threads (ViT-tiny uses 2 cores poorly: side by side is sooner).
 JOBS ?= 2
 ablation-%:
 	$(PYTHON) -m ablation run $* $(ARGS)

@@ -77,7 +77,7 @@ def ablations(argv: list[str]) -> None:
             parser.error(f"no FSDD recordings under {data_root()} (the {' and '.join(plan.default_data())} "
                          f"data): set DATA=/path/to/shared/data, or override data.train")
         if args.jobs > 1:
-            # Small models use many cores poorly: on 2 cores, two 1-thread runs side by side finish 1.3x
+            # Small models use many cores poorly: two 1-thread runs side by side finish
             # sooner than one after the other with 2 threads each.
             os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
         pool = ThreadPoolExecutor(args.jobs)

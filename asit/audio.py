@@ -54,7 +54,7 @@ def load_audio(path, sample_rate: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
-    # Building the windowed-sinc kernel costs ~25x the filtering of a short clip: build it once per
+    # Building the windowed-sinc kernel costs far more than filtering a short clip with it: build it once per
     # pair of rates (torchaudio.functional.resample rebuilds it on every call).
     return torchaudio.transforms.Resample(orig, new)
 

@@ -89,7 +89,7 @@ class BatchedFbank(torch.nn.Module):
             if x.device.type != "cpu":
                 return self._log_mel(x)
             # On the CPU, freshly mapped memory for a whole batch's intermediates costs more than the
-            # arithmetic (64 clips of 6 s in one go: 2x slower than a per-clip loop); slices of ~1k
+            # arithmetic (a whole batch of 6 s clips in one go is slower than a per-clip loop); slices of ~1k
             # frames stay in the allocator's reused memory and the cache.
             frames = 1 + (x.shape[-1] - self.window_size) // self.hop
             return torch.cat([self._log_mel(rows) for rows in x.split(max(1, _CPU_FRAMES // frames))])
