@@ -71,6 +71,10 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve:
                             f"{'met' if margin else 'not met'}, fbank stats {'beaten' if beats_fbank else 'not beaten'})")
         lines += ["", f"Target (every seed: asit at least {TARGET_MARGIN:g} points above random init and above "
                   f"fbank stats): {', '.join(verdicts)}.", ""]
+        if any("not won" in v for v in verdicts):
+            lines += ["Not won at this budget: the recipe is the best configuration found (the experiments "
+                      "below are what else was tried), and the budget curve shows how its scores grow with "
+                      "the minutes of pretraining.", ""]
     points = sorted((results[n] for n in curve if n in results), key=lambda rs: rs[0]["steps"])
     if len(points) > 1:
         lines += ["## The budget curve", "", "The recipe with its whole schedule compressed into fewer epochs "

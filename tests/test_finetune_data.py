@@ -1,6 +1,5 @@
 """Labels, tasks, splits, sampling and schedules of the fine-tuning stage (no audio is read)."""
 
-import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -15,18 +14,7 @@ from finetune.config import DataConfig, FinetuneConfig, TrainConfig
 from asit.sampler import GlobalBatchSampler
 from finetune.data import balanced_weights, build_labels, fsdd_split, make_splits
 from finetune.train import lr_schedule
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-    return path
-
-
-def write_csv(path: Path, rows: list[list[str]]) -> Path:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return path
+from helpers import touch, write_rows
 
 
 def labels_and_targets(cfg: DataConfig):
@@ -37,7 +25,7 @@ def labels_and_targets(cfg: DataConfig):
 
 def test_ast_manifest_with_class_labels_indices_is_multilabel_in_index_order(tmp_path):
     # AST's AudioSet layout: labels are mids, the csv gives their order and display names.
-    write_csv(tmp_path / "class_labels_indices.csv",
+    write_rows(tmp_path / "class_labels_indices.csv",
               [["index", "mid", "display_name"], ["1", "/m/dog", "Dog"], ["0", "/m/speech", "Speech"],
                ["2", "/m/music", "Music"]])
     (tmp_path / "train.json").write_text(json.dumps({"data": [
@@ -53,17 +41,17 @@ def test_ast_manifest_with_class_labels_indices_is_multilabel_in_index_order(tmp
 
 
 def test_csv_with_a_label_column_is_single_label_with_sorted_vocabulary(tmp_path):
-    train = write_csv(tmp_path / "train.csv", [["path", "label"], ["a.wav", "dog"], ["b.wav", "cat"], ["c.wav", "dog"]])
+    train = write_rows(tmp_path / "train.csv", [["path", "label"], ["a.wav", "dog"], ["b.wav", "cat"], ["c.wav", "dog"]])
     split, labels, targets = labels_and_targets(DataConfig(train=str(train)))
     assert labels.keys == ("cat", "dog") and not labels.multilabel
     assert targets.argmax(1).tolist() == [1, 0, 1] and targets.sum(1).tolist() == [1, 1, 1]
 
 
 def test_csv_with_a_labels_column_and_forced_task(tmp_path):
-    train = write_csv(tmp_path / "train.csv", [["path", "labels"], ["a.wav", "x,y"], ["b.wav", "y"]])
+    train = write_rows(tmp_path / "train.csv", [["path", "labels"], ["a.wav", "x,y"], ["b.wav", "y"]])
     _, labels, targets = labels_and_targets(DataConfig(train=str(train)))
     assert labels.multilabel and targets.tolist() == [[1, 1], [0, 1]]
-    one_each = write_csv(tmp_path / "one.csv", [["path", "labels"], ["a.wav", "x"], ["b.wav", "y"]])
+    one_each = write_rows(tmp_path / "one.csv", [["path", "labels"], ["a.wav", "x"], ["b.wav", "y"]])
     assert build_labels(make_splits(DataConfig(train=str(one_each), task="multi"))[0].train,
                         DataConfig(train=str(one_each), task="multi")).multilabel
 
@@ -83,8 +71,8 @@ def test_folder_without_labels_is_an_error_that_says_what_to_set(tmp_path):
 
 
 def test_label_outside_the_vocabulary_names_the_file(tmp_path):
-    train = write_csv(tmp_path / "train.csv", [["path", "label"], ["a.wav", "dog"]])
-    val = write_csv(tmp_path / "val.csv", [["path", "label"], ["v.wav", "cow"]])
+    train = write_rows(tmp_path / "train.csv", [["path", "label"], ["a.wav", "dog"]])
+    val = write_rows(tmp_path / "val.csv", [["path", "label"], ["v.wav", "cow"]])
     split = make_splits(DataConfig(train=str(train), val=str(val)))[0]
     labels = build_labels(split.train, DataConfig(train=str(train)))
     with pytest.raises(ValueError, match=r"v\.wav.*'cow'"):
@@ -92,7 +80,7 @@ def test_label_outside_the_vocabulary_names_the_file(tmp_path):
 
 
 def test_single_label_task_refuses_a_clip_with_two_labels(tmp_path):
-    train = write_csv(tmp_path / "train.csv", [["path", "labels"], ["a.wav", "x,y"]])
+    train = write_rows(tmp_path / "train.csv", [["path", "labels"], ["a.wav", "x,y"]])
     split = make_splits(DataConfig(train=str(train)))[0]
     with pytest.raises(ValueError, match="single-label"):
         build_labels(split.train, DataConfig(train=str(train), task="single")).targets(split.train)
@@ -129,7 +117,7 @@ def test_fsdd_speaker_split_holds_out_every_take_of_the_speaker(tmp_path):
 
 def test_cross_validation_holds_out_each_fold_once(tmp_path):
     rows = [["path", "label", "fold"]] + [[f"{i}.wav", str(i % 2), str(1 + i % 3)] for i in range(12)]
-    train = write_csv(tmp_path / "esc.csv", rows)
+    train = write_rows(tmp_path / "esc.csv", rows)
     splits = make_splits(DataConfig(train=str(train), cv=True))
     assert [s.name for s in splits] == ["fold_1", "fold_2", "fold_3"]
     for k, split in enumerate(splits, start=1):

@@ -65,3 +65,12 @@ def test_the_budget_curve_orders_its_points_by_steps(tmp_path):
     table = render(load_results(tmp_path), "recipe", ["recipe", "budget"], curve=["recipe", "budget"])
     curve = table.split("## The budget curve")[1].split("## Experiments")[0]
     assert curve.index("| 2.0 | 200 | 0.60 | budget [0] | 30.0 (20.0) |") < curve.index("| 10.0 | 1000 | 0.60 | recipe [0] | 60.0 (50.0) |")
+
+
+@pytest.mark.parametrize("asit, verdict", [(66.0, "won (margin over random met, fbank stats beaten)"),
+                                           (40.0, "not won (margin over random met, fbank stats not beaten)")])
+def test_the_verdict_says_which_half_of_the_target_failed(tmp_path, asit, verdict):
+    (tmp_path / "recipe-seed0.json").write_text(json.dumps(result("recipe", 0, asit, 10.0)))
+    table = render(load_results(tmp_path), "recipe", ["recipe"])
+    assert f"fsdd {verdict}" in table
+    assert ("Not won at this budget" in table) == verdict.startswith("not")

@@ -5,18 +5,7 @@ from pathlib import Path
 import pytest
 
 from asit.sources import AudioItem, list_audio, write_csv
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-    return path
-
-
-def write_rows(path: Path, rows: list[list[str]]) -> Path:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return path
+from helpers import touch, write_rows
 
 
 def test_directory_is_scanned_recursively_sorted_and_filtered(tmp_path):
