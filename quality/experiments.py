@@ -36,6 +36,8 @@ EXPERIMENTS = [
                ("train.epochs=8",), curve=True),
     Experiment("budget_15ep", "the recipe for 15 epochs (the 20-minute point of the budget curve)",
                ("train.epochs=15",), curve=True),
+    Experiment("paper_momentum", "as budget_15ep, with the paper's teacher momentum 0.996 (the recipe's 0.99)",
+               ("train.epochs=15", "train.momentum_teacher=0.996")),
     Experiment("recipe_freq", "the recipe's teacher read by frequency row (probe: finetune.features=freq)",
                probe=("finetune.features=freq",), teacher_of=RECIPE),
     Experiment("recipe_sweep", "the recipe's teacher, every block read alone (probe: finetune.layer_sweep=true)",
