@@ -26,8 +26,8 @@ def labels_and_targets(cfg: DataConfig):
 def test_ast_manifest_with_class_labels_indices_is_multilabel_in_index_order(tmp_path):
     # AST's AudioSet layout: labels are mids, the csv gives their order and display names.
     write_rows(tmp_path / "class_labels_indices.csv",
-              [["index", "mid", "display_name"], ["1", "/m/dog", "Dog"], ["0", "/m/speech", "Speech"],
-               ["2", "/m/music", "Music"]])
+               [["index", "mid", "display_name"], ["1", "/m/dog", "Dog"], ["0", "/m/speech", "Speech"],
+                ["2", "/m/music", "Music"]])
     (tmp_path / "train.json").write_text(json.dumps({"data": [
         {"wav": "a.wav", "labels": "/m/speech,/m/music"},
         {"wav": "b.wav", "labels": "/m/dog"},
