@@ -38,6 +38,11 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
 
 
+def changes(overrides: list[str], drop: str | None = None) -> str:
+    """The overrides as code, leaving out those that start with `drop`."""
+    return " ".join(f"`{o}`" for o in overrides if not (drop and o.startswith(drop)))
+
+
 def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve: list[str] = ()) -> str:
     lines = [
         "# Learning quality: does pretraining beat a random backbone and fbank statistics?", "",
@@ -79,17 +84,19 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve:
     points = sorted((results[n] for n in curve if n in results), key=lambda rs: rs[0]["steps"])
     if len(points) > 1:
         lines += ["## The budget curve", "", "The recipe with its whole schedule compressed into fewer epochs "
-                  "(same probe; asit teacher, and asit - random init, per task). Minutes are wall time, start-up "
-                  "included; s/step above the others' means the machine was shared during that run.", "",
-                  "| pretraining min | steps | s/step | experiment [seeds] | " + " | ".join(TASKS) + " |",
-                  "|---|---|---|---|" + "---|" * len(TASKS)]
+                  "(same probe; asit teacher, and asit - random init, per task), with the other changes each point "
+                  "was measured with. Minutes are wall time, start-up included; s/step above the others' means "
+                  "the machine was shared during that run.", "",
+                  "| pretraining min | steps | s/step | experiment [seeds] | change | " + " | ".join(TASKS) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(TASKS)]
         for rows in points:
             scores = " | ".join(f"{mean_std([r['tasks'][t]['asit'] for r in rows])} "
                                 f"({mean_std([r['tasks'][t]['asit'] - r['tasks'][t]['random_init'] for r in rows])})"
                                 for t in TASKS)
             lines.append(f"| {mean_std([r['pretrain_seconds'] / 60 for r in rows])} | {rows[0]['steps']} "
                          f"| {np.mean([r['pretrain_seconds'] / r['steps'] for r in rows]):.2f} "
-                         f"| {rows[0]['name']} [{','.join(str(r['seed']) for r in rows)}] | {scores} |")
+                         f"| {rows[0]['name']} [{','.join(str(r['seed']) for r in rows)}] "
+                         f"| {changes(rows[0]['overrides'], drop='train.epochs=') or '(none)'} | {scores} |")
         lines.append("")
     lines += ["## Experiments", "", "Each row changes the recipe of its time as said (overrides of "
               "`configs/pretrain/tiny.yaml`, or of the probe); seeds in brackets. Each task: asit teacher / "
@@ -106,7 +113,7 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve:
         scores = " | ".join(f"{mean_std([r['tasks'][t]['asit'] for r in rows])} / "
                             f"{mean_std([r['tasks'][t]['random_init'] for r in rows])}" for t in TASKS)
         minutes = mean_std([r["pretrain_seconds"] / 60 for r in rows])
-        change = " ".join(f"`{o}`" for o in rows[0]["overrides"] + rows[0].get("probe", [])) or "(none)"
+        change = changes(rows[0]["overrides"] + rows[0].get("probe", [])) or "(none)"
         lines.append(f"| {name} [{','.join(str(r['seed']) for r in rows)}] | {rows[0]['what']}: {change} "
                      f"| {rows[0]['steps']} | {minutes} | {scores} |")
         if "layers" in rows[0]["tasks"]["fsdd"]:
