@@ -86,5 +86,5 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     student_params = dict(student.named_parameters())
     t = [p for _, p in teacher.named_parameters()]
     s = [student_params[name] for name, _ in teacher.named_parameters()]
-    torch._foreach_mul_(t, momentum)
-    torch._foreach_add_(t, s, alpha=1.0 - momentum)
+    # lerp: t + (1 - m)(s - t), the same average in one pass over the weights instead of two
+    torch._foreach_lerp_(t, s, 1.0 - momentum)
