@@ -222,8 +222,9 @@ def test_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
 
 @pytest.mark.parametrize("init_file", ["teacher_backbone.pt", "checkpoint.pt"])
 def test_init_from_an_earlier_teacher_continues_from_its_weights(tmp_path, init_file):
-    # checkpoint.pt holds student and teacher: the teacher must be the one taken.
-    base = ["train.batch_size=4", "data.synthetic_clips=32", "train.epochs=1", "train.max_steps=1"]
+    # checkpoint.pt holds student and teacher: the teacher must be the one taken. Two steps: the first
+    # is at learning rate 0 (warm-up), after which student and teacher are still equal.
+    base = ["train.batch_size=4", "data.synthetic_clips=32", "train.epochs=1", "train.max_steps=2"]
     pretrain(config(f"output_dir={tmp_path / 'first'}", *base))
     teacher = load(tmp_path / "first" / "teacher_backbone.pt")["model"]
     student = load(tmp_path / "first" / "checkpoint.pt")["student"]
