@@ -18,10 +18,11 @@ class Experiment:
 
 
 RECIPE = "recipe"
-OLD_MOMENTUM = "train.momentum_teacher=0.99"  # the recipe's teacher momentum until the paper's 0.996 beat it
+OLD_RECIPE = "momentum_0.99"  # the recipe until the paper's teacher momentum 0.996 beat its 0.99
+OLD_MOMENTUM = "train.momentum_teacher=0.99"
 EXPERIMENTS = [
     Experiment(RECIPE, "configs/pretrain/tiny.yaml as `make pretrain` runs it", curve=True),
-    Experiment("momentum_0.99", "the recipe before it took the paper's teacher momentum (0.99 instead of 0.996)",
+    Experiment(OLD_RECIPE, "the recipe before it took the paper's teacher momentum (0.99 instead of 0.996)",
                (OLD_MOMENTUM,), curve=True),
     Experiment("paper_lr", "the paper's 5e-4 per 256 clips (6.25e-5 at batch 32), 10 epochs",
                ("train.lr=5e-4", "train.epochs=10", OLD_MOMENTUM)),
@@ -43,11 +44,11 @@ EXPERIMENTS = [
     Experiment("paper_momentum", "as budget_15ep, with the paper's teacher momentum 0.996 (now the recipe's)",
                ("train.epochs=15", "train.momentum_teacher=0.996"), curve=True),
     Experiment("recipe_freq", "momentum_0.99's teacher read by frequency row (probe: finetune.features=freq)",
-               probe=("finetune.features=freq",), teacher_of="momentum_0.99"),
+               probe=("finetune.features=freq",), teacher_of=OLD_RECIPE),
     Experiment("recipe_sweep", "momentum_0.99's teacher, every block read alone (probe: finetune.layer_sweep=true)",
-               probe=("finetune.layer_sweep=true",), teacher_of="momentum_0.99"),
+               probe=("finetune.layer_sweep=true",), teacher_of=OLD_RECIPE),
     Experiment("recipe_freq_sweep", "momentum_0.99's teacher read by frequency row, every block alone",
-               probe=("finetune.features=freq", "finetune.layer_sweep=true"), teacher_of="momentum_0.99"),
+               probe=("finetune.features=freq", "finetune.layer_sweep=true"), teacher_of=OLD_RECIPE),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 CURVE = [e.name for e in EXPERIMENTS if e.curve]
