@@ -13,7 +13,8 @@ Measures, on this machine and in this run only:
    forward, losses, backward, clipping, AdamW, EMA) per architecture and precision, on an in-memory
    batch; clips/s; peak memory; analytic FLOPs per step and the fraction of a measured matmul peak;
    where the time goes (forward hooks, no change to the training code) and, in a full run, the top
-   ops of one step from torch.profiler; the laptop step also with each run-time choice (asit.runtime)
+   ops of one step per architecture from torch.profiler, with the FLOP/s of its matmuls alone (the
+   ceiling of the step's fraction of the peak); the laptop step also with each run-time choice (asit.runtime)
    made the other way, beside the default;
 2. the data pipeline of one loader worker (decode, resample, fbank, two crops) plus the corruption,
    in clips/s, and its ratio to what a ViT-S step consumes;
@@ -45,7 +46,7 @@ from asit.runtime import FAST_BF16_FLAGS, resolve_precision  # noqa: E402
 from benchmarks.inference import worker_inference  # noqa: E402
 from benchmarks.measure import machine, worker_peak  # noqa: E402
 from benchmarks.pipeline import worker_pipeline  # noqa: E402
-from benchmarks.step import PhaseClock, worker_step  # noqa: E402
+from benchmarks.step import MATMUL_OPS, PhaseClock, worker_step  # noqa: E402
 
 # The reference code's default shape.
 CLIPS_PER_STEP = 2
@@ -108,7 +109,7 @@ def step_specs(p: dict, device: str, extra: list[str]) -> list[dict]:
     for arch in p["archs"]:
         for precision in p["precisions"]:
             specs.append({"name": f"{arch} {precision}", "config": None, "warmup": p["warmup"][arch],
-                          "steps": p["steps"][arch], "profile": p["profile"] and arch == p["archs"][0] and precision == fastest,
+                          "steps": p["steps"][arch], "profile": p["profile"] and precision == fastest,
                           "overrides": [f"model.arch={arch}", f"train.precision={precision}", f"train.device={device}",
                                         f"train.batch_size={CLIPS_PER_STEP}", f"views.crop_seconds={CROP_SECONDS}", *extra]})
     if p["laptop"]:
@@ -143,7 +144,7 @@ def run(args) -> dict:
         sps = r["seconds_per_step"]["median"]
         r["clips_per_s"] = r["clips"] / sps
         r["flops_per_s"] = r["flops"]["total"] / sps
-        r["fraction_of_matmul_peak"] = r["flops_per_s"] / results["matmul_peak_flops"]["bf16" if r["amp"] == "bf16" else "fp32"]
+        r["fraction_of_matmul_peak"] = r["flops_per_s"] / peak_of(results, r)
         results["steps"].append(r)
     say("data pipeline")
     pipe = run_worker("pipeline", crop_seconds=CROP_SECONDS, batch=CLIPS_PER_STEP, clips=p["pipeline_clips"],
@@ -193,6 +194,23 @@ def precision_choice(m: dict) -> str:
     if "gpu" in m:
         return "bf16 or fp16 (GPU)"
     return f"bf16 (native: {', '.join(fast)})" if fast else "fp32 (no native bf16 matmuls)"
+
+
+def peak_of(results: dict, step: dict) -> float:
+    """The measured matmul peak a step's FLOP/s are divided by: bf16's for a bf16 step, else fp32's."""
+    return results["matmul_peak_flops"]["bf16" if step["amp"] == "bf16" else "fp32"]
+
+
+def matmul_bound(results: dict, step: dict) -> str:
+    """What the profiled step's matmuls alone allow: their FLOP/s is the step's ceiling (everything else
+    at zero cost), and the target leaves the rest of the step a budget of so many milliseconds."""
+    prof, peak = step["profile"], peak_of(results, step)
+    matmul_s, flops = prof["matmul_ms"] / 1e3, step["flops"]["total"]
+    budget = flops / (TARGET_FRACTION_OF_PEAK * peak) - matmul_s
+    return (f"   the matmuls ({', '.join(sorted(op[6:] for op in MATMUL_OPS))}) took {1e3 * matmul_s:.0f} ms of it, "
+            f"at {flops / matmul_s / peak:.0%} of the peak: the step's ceiling with everything else free; "
+            f"{TARGET_FRACTION_OF_PEAK:.0%} of the peak leaves everything else {1e3 * budget:.0f} ms "
+            f"(it took {1e3 * (prof['seconds'] - matmul_s):.0f} ms here)")
 
 
 def targets(results: dict) -> list[str]:
@@ -247,6 +265,8 @@ def report(results: dict) -> str:
             out.append(table(["op", "calls", "self ms", "of step"],
                              [[e["op"][:60], e["calls"], f"{e['self_cpu_ms']:.1f}",
                                f"{e['self_cpu_ms'] / 1e3 / prof['seconds']:.0%}"] for e in prof["ops"][:12]]))
+            if prof.get("matmul_ms"):
+                out.append(matmul_bound(results, s))
     p = results["pipeline"]
     out += ["", f"2. data pipeline, one worker ({p['threads']} thread, {p['clips']} clips of {p['source']}, "
                 f"{p['mean_clip_seconds']:.1f} s on average):",

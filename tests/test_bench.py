@@ -140,6 +140,13 @@ def test_the_report_names_the_kernel_flags_and_sets_each_runtime_choice_beside_i
     assert "laptop, other precision: 2.00x the laptop step's time" in text
     assert "vs ref" not in text and "not measured in this run" in text  # no other machine's time as a ratio
     assert "listing a generated manifest of 2,000,000 clips: 5.0 s" in text
+    assert "the matmuls" not in text  # no profile, no bound
+    # 1e11 FLOPs in 0.5 s of matmuls at a 4e11 peak: 50% at best; 50% of the peak is a 0.5 s step, which
+    # leaves nothing to the other 0.2 s of the profiled 0.7 s step.
+    results["steps"][0]["profile"] = {"seconds": 0.7, "matmul_ms": 500.0,
+                                      "ops": [{"op": "aten::mm", "calls": 3, "self_cpu_ms": 500.0}]}
+    assert ("took 500 ms of it, at 50% of the peak: the step's ceiling with everything else free; 50% of the "
+            "peak leaves everything else 0 ms (it took 200 ms here)") in bench.report(results)
     args = argparse.Namespace(quick=False, archs="small", precisions="bf16", no_laptop=False, no_profile=True)
     specs = bench.step_specs(bench.plan(args), "cpu", [])
     laptop = {s["name"]: s["overrides"] for s in specs if s["config"]}
