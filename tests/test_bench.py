@@ -143,8 +143,12 @@ def test_the_report_names_the_kernel_flags_and_sets_each_runtime_choice_beside_i
     assert "the matmuls" not in text  # no profile, no bound
     # 1e11 FLOPs in 0.5 s of matmuls at a 4e11 peak: 50% at best; 50% of the peak is a 0.5 s step, which
     # leaves nothing to the other 0.2 s of the profiled 0.7 s step.
-    results["steps"][0]["profile"] = {"seconds": 0.7, "matmul_ms": 500.0,
-                                      "ops": [{"op": "aten::mm", "calls": 3, "self_cpu_ms": 500.0}]}
+    profile = {"seconds": 0.7, "matmul_ms": 500.0, "ops": [{"op": "aten::mm", "calls": 3, "self_cpu_ms": 500.0}]}
+    results["steps"][0]["profile"] = profile
+    text = bench.report(results)
+    assert "took 500 ms of it, at 50% of the peak: the step's ceiling with everything else free\n" in text
+    assert "leaves everything else" not in text  # the laptop step's target is not a fraction of the peak
+    results["steps"].append({**fake_step("small bf16", None, "bf16", 0.6), "arch": "small", "profile": profile})
     assert ("took 500 ms of it, at 50% of the peak: the step's ceiling with everything else free; 50% of the "
             "peak leaves everything else 0 ms (it took 200 ms here)") in bench.report(results)
     args = argparse.Namespace(quick=False, archs="small", precisions="bf16", no_laptop=False, no_profile=True)
