@@ -52,15 +52,17 @@ def fbank(wave: torch.Tensor, cfg: FrontEndConfig, subtract_mean: bool = True) -
     `subtract_mean=False` skips the whole-clip DC removal, as `ASTFeatureExtractor` does. Kaldi removes
     each frame's DC anyway, so only float rounding differs (up to ~5e-4 in near-silent bands).
     """
-    return _fbank_module(cfg.sample_rate, cfg.num_mel_bins, cfg.frame_length_ms, cfg.frame_shift_ms)(
-        wave[None], subtract_mean)[0]
+    module = _fbank_module(cfg.sample_rate, cfg.num_mel_bins, cfg.frame_length_ms, cfg.frame_shift_ms, wave.device)
+    return module(wave[None], subtract_mean)[0]
 
 
 @functools.lru_cache(maxsize=8)
-def _fbank_module(sample_rate: int, num_mel_bins: int, frame_length_ms: float, frame_shift_ms: float):
+def _fbank_module(sample_rate: int, num_mel_bins: int, frame_length_ms: float, frame_shift_ms: float,
+                  device: torch.device):
     from .batched_fbank import BatchedFbank  # it is built on FrontEndConfig, defined here
 
-    return BatchedFbank(FrontEndConfig(sample_rate, num_mel_bins, frame_length_ms, frame_shift_ms))
+    # On the wave's device: the HEAR API computes features where the model is.
+    return BatchedFbank(FrontEndConfig(sample_rate, num_mel_bins, frame_length_ms, frame_shift_ms)).to(device)
 
 
 def normalise(spec: torch.Tensor, cfg: FrontEndConfig) -> torch.Tensor:

@@ -132,6 +132,10 @@ def test_matches_kaldi_fbank_on_cuda():
     loud = ref.amax(dim=1, keepdim=True) - ref < 6 * math.log(10)  # within 60 dB of the frame's peak
     torch.testing.assert_close(out[loud], ref[loud], atol=1e-3, rtol=0)
     torch.testing.assert_close(out, ref, atol=5e-2, rtol=0)
+    # asit.features.fbank runs where its wave is (the HEAR API computes features on the model's device).
+    one = fbank(waves[0].cuda(), CFG)
+    assert one.device.type == "cuda"
+    torch.testing.assert_close(one.cpu()[loud[0]], ref[0][loud[0]], atol=1e-3, rtol=0)
 
 
 def test_autocast_does_not_reach_the_front_end(fbank_module):
