@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from einops import reduce
 from torch import nn
 
 from .checkpoint import load
 from .errors import InputError
 from .features import FrontEndConfig, check_frontend, frontend_metadata
-from .vit import ARCHS, WeightShapeError, adapt_state_dict, build_vit
+from .vit import ARCHS, WeightShapeError, adapt_state_dict, build_vit, pool_tokens
 
 CLASSIFIER_FORMAT = "asit-classifier-v1"
 POOLS = {"token": "cls", "mean": "mean"}  # ASTConfig.pool -> the `ASTModel.embed` output it reads
@@ -72,13 +71,10 @@ class ASTModel(nn.Module):
         )
 
     def embed(self, x: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """x [B, 1, F, T] -> {"cls": (cls + dist) / 2, "mean": mean of the patch tokens, "freq": the
-        patch tokens of each frequency row averaged over time, rows concatenated}, read after the final
-        norm (what frozen evaluations use): each [B, D] ([B, rows * D] for freq) from the last block,
-        or, with `blocks` (0-based indices), [B, len(blocks), ...] from those, each through the final norm.
-
-        freq keeps what the mean of all patches averages away, where in frequency a pattern is (the
-        readout of MSM-MAE, M2D and ATST for frozen audio ViTs).
+        """x [B, 1, F, T] -> the readouts of `asit.vit.pool_tokens` ("cls": (cls + dist) / 2, "mean",
+        "freq", "freq_std"), read after the final norm (what frozen evaluations use): each [B, ...] from
+        the last block, or, with `blocks` (0-based indices), [B, len(blocks), ...] from those, each
+        through the final norm.
         """
         prefix = self.backbone.num_prefix_tokens
         rows = self.backbone.patch_embed.grid_size[0]
@@ -88,10 +84,9 @@ class ASTModel(nn.Module):
         else:
             picked = self.backbone.forward_intermediates(x, indices=blocks, return_prefix_tokens=True, norm=True,
                                                          stop_early=True, output_fmt="NLC", intermediates_only=True)
-        out = {"cls": [p.mean(dim=1) for _, p in picked], "mean": [t.mean(dim=1) for t, _ in picked],
-               "freq": [reduce(t, "b (f t) d -> b (f d)", "mean", f=rows) for t, _ in picked]}
+        pooled = [pool_tokens(patches, prefix_tokens, rows) for patches, prefix_tokens in picked]
         stack = (lambda xs: xs[0]) if blocks is None else (lambda xs: torch.stack(xs, dim=1))
-        return {name: stack(values) for name, values in out.items()}
+        return {name: stack([p[name] for p in pooled]) for name in pooled[0]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x)[POOLS[self.cfg.pool]])  # [B, C]

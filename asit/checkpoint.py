@@ -123,24 +123,31 @@ def _strip(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+def load_backbone(path: str | Path, network: str = "teacher") -> tuple[dict[str, torch.Tensor], dict]:
     """A ViT backbone's state dict from any file asit accepts, and what is known about it.
 
-    Accepted: `teacher_backbone.pt`; an asit `checkpoint.pt` (its teacher is taken, not the student:
-    the teacher is the better model); a timm/DeiT-style state dict, bare or under "model"/"state_dict".
+    Accepted: `teacher_backbone.pt`; an asit `checkpoint.pt` (its teacher is taken unless `network` is
+    "student": the teacher is usually the better model, but after a short run it lags the student); a
+    timm/DeiT-style state dict, bare or under "model"/"state_dict".
     The metadata dict may hold "frontend", "grid", "arch", "patch_size", "patch_stride".
     """
+    if network not in ("teacher", "student"):
+        raise ValueError(f"network: expected teacher or student, got {network!r}")
     obj = load(path)
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    pretraining = "teacher" in obj and isinstance(obj["teacher"], dict)
+    if network == "student" and not pretraining:
+        raise InputError(f"{path}: only a pretraining checkpoint.pt holds a student; point at one, or read "
+                         f"the teacher")
     if obj.get("format") == BACKBONE_FORMAT:
         meta = {k: v for k, v in obj.items() if k not in ("model", "format")}
         return obj["model"], meta
-    if "teacher" in obj and isinstance(obj["teacher"], dict):
+    if pretraining:
         meta = {"frontend": obj.get("frontend"), "grid": obj.get("grid"), "arch": obj.get("arch"),
                 "patch_size": obj.get("patch_size"),
                 "patch_stride": obj.get("patch_size")}  # pretraining's patches never overlap
-        return _strip(obj["teacher"], "backbone."), meta
+        return _strip(obj[network], "backbone."), meta
     for key in ("model", "state_dict"):
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -17,17 +17,25 @@ from torch import nn
 
 from .metrics import multilabel_metrics
 
-FEATURES = ("cls", "mean", "both", "freq")
+FEATURES = ("cls", "mean", "both", "freq", "freq_std")
 
 
 def select_features(embeddings: dict[str, torch.Tensor], which: str) -> torch.Tensor:
     """The class-token embedding, the mean of patch tokens, both concatenated on the last axis, or the
-    per-frequency-row means (`ASTModel.embed`): [..., D], [..., 2D] or [..., rows * D]."""
+    per-frequency-row readouts (`asit.vit.pool_tokens`): [..., D], [..., 2D], [..., rows * D] or
+    [..., 2 * rows * D]."""
     if which == "both":
         return torch.cat([embeddings["cls"], embeddings["mean"]], dim=-1)
     if which not in embeddings:
         raise ValueError(f"features: expected one of {FEATURES}, got {which!r}")
     return embeddings[which]
+
+
+def combine_blocks(x: torch.Tensor, at: list[int], how: str) -> torch.Tensor:
+    """[N, blocks, D] embeddings -> [N, D] the mean of blocks `at`, or [N, len(at) * D] concatenated."""
+    if how not in ("mean", "concat"):
+        raise ValueError(f"layer_combine: expected mean or concat, got {how!r}")
+    return x[:, at].mean(dim=1) if how == "mean" else x[:, at].flatten(1)
 
 
 @torch.no_grad()

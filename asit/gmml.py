@@ -46,6 +46,9 @@ class GMMLConfig:
     max_blocks: int = 128
     align_to_patches: bool = False  # ablation: block sides and corners on the patch grid
     token_mask_threshold: float = 0.5  # a token is corrupted when at least this fraction of its pixels is
+    # Differently corrupted copies of each clean view, all trained against one teacher pass (EAT and
+    # data2vec 2.0 amortise the teacher, the data loading and the fbank over 8-16 copies); 1 is ASiT's.
+    copies: int = 1
 
     def __post_init__(self):
         for name in ("zeros_ratio", "alien_ratio"):
@@ -62,6 +65,8 @@ class GMMLConfig:
             )
         if not 0.0 <= self.p_alien <= 1.0:
             raise ValueError(f"GMMLConfig.p_alien must be in [0, 1], got {self.p_alien!r}")
+        if self.copies < 1:
+            raise ValueError(f"GMMLConfig.copies must be >= 1, got {self.copies!r}")
         if self.max_blocks < 1:
             raise ValueError(f"GMMLConfig.max_blocks must be >= 1, got {self.max_blocks!r}")
         # 0 would mark every token, corrupted or not.

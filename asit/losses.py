@@ -69,9 +69,10 @@ class DistillationLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 
-def swap_views(x: torch.Tensor) -> torch.Tensor:
-    """[view0 rows; view1 rows] -> [view1 rows; view0 rows]: the cross-view pairing of the global loss."""
-    return torch.cat(x.chunk(2)[::-1])
+def swap_views(x: torch.Tensor, copies: int = 1) -> torch.Tensor:
+    """[view0 rows; view1 rows] -> [view1 rows; view0 rows], in each of `copies` consecutive blocks of
+    rows: the cross-view pairing of the global loss."""
+    return x.unflatten(0, (copies, 2, -1)).flip(1).flatten(0, 2)
 
 
 def reconstruction_loss(rec: torch.Tensor, clean: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
@@ -90,8 +91,9 @@ class ASiTLoss(nn.Module):
                               if cfg.w_local > 0 else None)
 
     def forward(self, student: dict, teacher: dict, clean: torch.Tensor, pixel_mask: torch.Tensor | None,
-                teacher_temp: float) -> dict[str, torch.Tensor]:
-        """Rows of every tensor are ordered [view 0 of each clip; view 1 of each clip]."""
+                teacher_temp: float, copies: int = 1) -> dict[str, torch.Tensor]:
+        """Rows of every tensor are ordered [view 0 of each clip; view 1 of each clip], repeated for each
+        of `copies` corrupted copies (the teacher's and the clean views' rows as well)."""
         cfg = self.cfg
         terms, total = {}, 0.0
         if cfg.w_rec > 0:
@@ -103,7 +105,7 @@ class ASiTLoss(nn.Module):
             total = total + cfg.w_local * terms["local"]
         if self.global_distill is not None:
             # Teacher on the clean view 1 teaches the student on the corrupted view 2, and vice versa.
-            out = self.global_distill(student["global"], swap_views(teacher["global"]), teacher_temp)
+            out = self.global_distill(student["global"], swap_views(teacher["global"], copies), teacher_temp)
             terms["global"], terms["global_entropy"] = out["loss"], out["entropy"]
             total = total + cfg.w_global * terms["global"]
         terms["loss"] = total

@@ -84,6 +84,23 @@ def build_vit(
     )
 
 
+def pool_tokens(patches: torch.Tensor, prefix: torch.Tensor, rows: int) -> dict[str, torch.Tensor]:
+    """The readouts of a frozen ViT from its normed patch tokens [B, N, D] (frequency rows outer, time
+    inner) and prefix tokens [B, P, D]: each [B, D], or [B, rows * D] and [B, 2 * rows * D] for freq and
+    freq_std.
+
+    cls: the mean of the prefix tokens ((cls + dist) / 2 for AST); mean: the mean of the patch tokens;
+    freq: each frequency row's tokens averaged over time, rows concatenated, which keeps where in
+    frequency a pattern is (the readout of MSM-MAE, M2D and ATST, EVAR's for frozen audio ViTs);
+    freq_std: freq followed by each row's standard deviation over time (how much it varies, as the
+    per-bin std of fbank statistics).
+    """
+    per_row = rearrange(patches, "b (f t) d -> b f t d", f=rows)
+    freq = per_row.mean(dim=2).flatten(1)
+    return {"cls": prefix.mean(dim=1), "mean": patches.mean(dim=1), "freq": freq,
+            "freq_std": torch.cat([freq, per_row.std(dim=2, correction=0).flatten(1)], dim=1)}
+
+
 ATTENTION = ("auto", "fused", "math")
 
 

@@ -47,6 +47,9 @@ class ModelConfig:
     # state dict (RGB ones are averaged to one channel, AST), or null to train from scratch. The
     # positional embedding is resampled to this run's grid.
     init: str | None = None
+    # Which network of a pretraining checkpoint.pt to start from: the EMA teacher (what pretraining is
+    # for), or the student, which the teacher lags after a short run.
+    init_network: Literal["teacher", "student"] = "teacher"
     num_frames: int = 1024  # frames fed to the model: AST's 1024 for 10 s, 512 for 5 s, 128 for 1 s
     patch_size: int = 16
     patch_stride: int = 10  # AST overlaps patches by 6 when fine-tuning: better, and 2.5x the tokens
@@ -96,12 +99,16 @@ class ModeConfig:
     # the frozen backbone computed once per clip.
     mode: Literal["full", "linear", "knn"] = "full"
     # Frozen modes: class token, mean of patches, both, or freq: each frequency row of patches averaged
-    # over time, rows concatenated (keeps where in frequency a pattern is; MSM-MAE / M2D's readout).
-    features: Literal["cls", "mean", "both", "freq"] = "cls"
+    # over time, rows concatenated (keeps where in frequency a pattern is; EVAR, MSM-MAE and M2D's
+    # readout of frozen audio ViTs); freq_std: freq and each row's std over time. The probe standardises
+    # every dimension, as EVAR does.
+    features: Literal["cls", "mean", "both", "freq", "freq_std"] = "cls"
     # The blocks the frozen modes read, averaged (each through the backbone's final norm), counted from
     # 1; negative from the end: [-1] the last, [-4, -3, -2, -1] the mean of the last four, [8] block 8.
     # Audio SSL models are often best read below the top. A best.pt is saved only for the last block.
     layers: list[int] = field(default_factory=lambda: [-1])
+    # How the blocks of `layers` are combined: averaged, or concatenated (ATST reads every block so).
+    layer_combine: Literal["mean", "concat"] = "mean"
     layer_sweep: bool = False  # also fit the probe (or k-NN) on every block alone and report each
     # Score, with the same probe on the same split, two references: the same architecture randomly
     # initialised (this run's seed) and hand-crafted features (per-bin mean and std over time of the

@@ -45,7 +45,7 @@ def build_model(cfg: FinetuneConfig, num_classes: int, pool: str | None = None,
     model = ASTModel(ast)
     frontend = cfg.frontend
     if m.init:
-        state, meta = load_backbone(m.init)
+        state, meta = load_backbone(m.init, m.init_network)
         frontend = adopt_stats(frontend, meta.get("frontend"), m.init)
         load_backbone_weights(model, state, meta, m.init, frontend)
         log.info("initialised the backbone from %s", m.init)

@@ -24,7 +24,7 @@ from asit.ast_model import NORM_EPS, ASTModel, classifier_checkpoint
 from asit.checkpoint import atomic_save, load
 from asit.config import to_dict
 from asit.distributed import Dist
-from asit.frozen import fit_linear_probe, fold_into_head, knn_scores, layer_normed, select_features
+from asit.frozen import combine_blocks, fit_linear_probe, fold_into_head, knn_scores, layer_normed, select_features
 from asit.runlog import RunLog
 from asit.sources import AudioItem
 from asit.runtime import autocast, resolve_precision
@@ -79,14 +79,14 @@ def run_frozen(cfg: FinetuneConfig, split: Split, labels: Labels, out: Path, env
 
     backbone = embedded("backbone", model)
     at = [read.index(b) for b in blocks]
-    candidates = {"backbone": {p: x[:, at].mean(dim=1) for p, x in backbone.items()}}
+    candidates = {"backbone": {p: combine_blocks(x, at, f.layer_combine) for p, x in backbone.items()}}
     if f.layer_sweep:
         candidates |= {f"block_{b + 1}": {p: x[:, i] for p, x in backbone.items()} for i, b in enumerate(read)}
     if f.baselines:
         torch.manual_seed(cfg.seed)
         random = ASTModel(model.cfg).to(env.device).eval()  # the same architecture and input, untrained
         feats = embedded("random_init", random)
-        candidates["random_init"] = {p: x[:, at].mean(dim=1) for p, x in feats.items()}
+        candidates["random_init"] = {p: combine_blocks(x, at, f.layer_combine) for p, x in feats.items()}
         candidates["fbank_stats"] = {
             p: collect(lambda x: {"x": x}, FbankStatistics(d.items, d.targets, frontend, d.num_frames), env,
                        cfg.train.eval_batch_size, cfg.data.num_workers)["x"] for p, d in sets.items()}

@@ -9,6 +9,7 @@ from asit.features import FrontEndConfig
 from asit.gmml import GMMLConfig
 from asit.losses import LossConfig
 from asit.model import ModelConfig
+from asit.monitor import MonitorConfig
 from asit.views import ViewsConfig
 
 
@@ -62,6 +63,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # online evaluation during the run
 
     def __post_init__(self):
         if self.loss.w_local > 0 and self.loss.local_loss_tokens == "corrupted" and not self.gmml.enabled:

@@ -27,13 +27,14 @@ from asit.errors import InputError
 from asit.features import check_frontend, frontend_metadata, normalise
 from asit.losses import ASiTLoss
 from asit.model import build_network, ema_update
+from asit.monitor import OnlineMonitor
 from asit.optim import build_adamw, optimizer_step, set_hyperparameters
 from asit.runlog import RunLog
 from asit.runtime import autocast, compiled, resolve_precision, step_seed
 from asit.sampler import GlobalBatchSampler
 from asit.schedules import cosine, linear_then_constant
 from asit.sources import list_audio
-from asit.synthetic import default_cache_dir, ensure_synthetic_dataset
+from asit.synthetic import LABELS_FILE, default_cache_dir, ensure_synthetic_dataset
 from asit.views import BadFiles, PretrainViews
 from asit.vit import adapt_state_dict, grid_of, set_attention
 
@@ -46,13 +47,14 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def training_items(cfg: PretrainConfig):
+def training_items(cfg: PretrainConfig) -> tuple[list, str | None]:
+    """The training clips, and the labelled set the monitor reads by default (the embedded set's labels)."""
     if cfg.data.train:
-        return list_audio(cfg.data.train)
+        return list_audio(cfg.data.train), None
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     folder = ensure_synthetic_dataset(root, num_clips=cfg.data.synthetic_clips, sample_rate=cfg.frontend.sample_rate)
     log.info("data.train is empty: using the embedded synthetic set in %s", folder)
-    return list_audio(folder)
+    return list_audio(folder), str(folder / LABELS_FILE)
 
 
 class Schedules:
@@ -67,6 +69,17 @@ class Schedules:
                                                  round(loss.teacher_temp_warmup_frac * total_steps))
 
 
+def repeat_copies(teacher_out: dict, copies: int, local_select: torch.Tensor) -> dict:
+    """The teacher's outputs on the clean views (its local head on every token) as the targets of
+    `copies` corrupted copies: rows repeated, local targets taken at each copy's `local_select` [copies
+    2B, N] tokens, in the order the student's local head reads them."""
+    out = {k: v.repeat(copies, 1) for k, v in teacher_out.items() if k != "local"}
+    if "local" in teacher_out:
+        per_token = teacher_out["local"].unflatten(0, (-1, local_select.shape[1]))  # [2B, N, K]
+        out["local"] = per_token.repeat(copies, 1, 1)[local_select]
+    return out
+
+
 class Pretrainer:
     def __init__(self, cfg: PretrainConfig):
         self.cfg = cfg
@@ -76,7 +89,7 @@ class Pretrainer:
         self.amp_dtype = resolve_precision(cfg.train.precision, self.device)
 
         # Data: each process loads its share of every global batch.
-        items = training_items(cfg)
+        items, labelled = training_items(cfg)
         self.patch = cfg.model.patch_size
         if cfg.frontend.num_mel_bins % self.patch:
             raise ConfigError(f"frontend.num_mel_bins={cfg.frontend.num_mel_bins} is not a multiple of "
@@ -122,6 +135,9 @@ class Pretrainer:
         if cfg.train.compile:
             self.model, self.teacher_forward = compiled(self.model), compiled(self.teacher)
         self.runlog = RunLog(self.out, enabled=self.env.is_main)
+        # Online evaluation, on the main process only (the others wait for it at the next step's reduce).
+        self.monitor = (OnlineMonitor.from_config(cfg.monitor, labelled, cfg.frontend, self.num_frames, cfg.seed)
+                        if self.env.is_main else None)
 
     # ---- weights in and out -------------------------------------------------------------------
     def load_init_backbone(self, path: str) -> None:
@@ -183,9 +199,10 @@ class Pretrainer:
 
     # ---- the algorithm ------------------------------------------------------------------------
     def corrupt(self, views: torch.Tensor, ids: torch.Tensor, step: int):
-        """Corrupt both views; every tensor's rows are [view 0 of each clip; view 1 of each clip]."""
-        parts = [gmml.corrupt(views[:, v], self.cfg.gmml, self.patch, self.cfg.seed, step, ids, view=v)
-                 for v in (0, 1)]
+        """Corrupt both views, gmml.copies times; every tensor's rows are [view 0 of each clip; view 1 of
+        each clip] for copy 0, then the same for copy 1, and so on (copy c of view v draws as view 2c + v)."""
+        parts = [gmml.corrupt(views[:, v], self.cfg.gmml, self.patch, self.cfg.seed, step, ids, view=2 * c + v)
+                 for c in range(self.cfg.gmml.copies) for v in (0, 1)]
         return (torch.cat([p.views for p in parts]), torch.cat([p.pixel_mask for p in parts]),
                 torch.cat([p.token_mask for p in parts]))
 
@@ -201,16 +218,21 @@ class Pretrainer:
             specs = normalise(self.fbank(views.flatten(0, 1))[..., :self.num_frames], cfg.frontend)
             views = specs.unflatten(0, views.shape[:2])[:, :, None]
         clean = torch.cat([views[:, 0], views[:, 1]])  # [2B, 1, F, T]
-        corrupted, pixel_mask, token_mask = self.corrupt(views, batch["index"], step)
+        copies = cfg.gmml.copies
+        corrupted, pixel_mask, token_mask = self.corrupt(views, batch["index"], step)  # [copies 2B, ...]
         # The local loss reads corrupted tokens only (paper), or every token (reference code).
         local_select = token_mask if cfg.loss.local_loss_tokens == "corrupted" else torch.ones_like(token_mask)
+        # With several copies the teacher reads every token once, and each copy takes its own.
+        teacher_select = local_select if copies == 1 else torch.ones_like(token_mask[:len(clean)])
 
         with autocast(self.device, self.amp_dtype):
             with torch.inference_mode():  # cheaper than no_grad: no autograd bookkeeping at all
-                teacher_out = self.teacher_forward(clean, local_select)
+                teacher_out = self.teacher_forward(clean, teacher_select)
+                if copies > 1:
+                    teacher_out = repeat_copies(teacher_out, copies, local_select)
             student_out = self.model(corrupted, local_select)
-            losses = self.criterion(student_out, teacher_out, clean,
-                                    pixel_mask if cfg.gmml.enabled else None, s.teacher_temp[step])
+            losses = self.criterion(student_out, teacher_out, clean.repeat(copies, 1, 1, 1),
+                                    pixel_mask if cfg.gmml.enabled else None, s.teacher_temp[step], copies)
 
         # The prototypes stay put while the rest settles.
         frozen = self.student.last_layers() if epoch < cfg.train.freeze_last_layer_epochs else ()
@@ -244,6 +266,8 @@ class Pretrainer:
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         last_save = self.start_step
         bar = tqdm(total=self.stop_step, initial=self.start_step, disable=not env.is_main, desc="pretrain")
+        if self.start_step == 0 and self.start_step < self.stop_step:
+            self.evaluate(0)  # the untrained network: the random-backbone reference of this run
         tic, last_log = time.perf_counter(), self.start_step
         for step, batch in enumerate(self.loader(), start=self.start_step):
             losses, outputs = self.train_step(batch, step)
@@ -258,6 +282,8 @@ class Pretrainer:
                 bar.set_postfix(loss=f"{values['loss/total']:.4f}")
                 self.runlog.scalars(done, values | {"data/bad_files": len(self.bad_files.reasons)})
                 tic, last_log = time.perf_counter(), done
+            if self.monitor is not None and (done % cfg.monitor.every_steps == 0 or done == self.stop_step):
+                tic += self.evaluate(done)  # seconds_per_step counts training steps only
             if done % cfg.train.image_every_steps == 0 and "rec" in outputs["student"]:
                 self.log_images(done, outputs)
             if done % cfg.train.save_every_steps == 0 or done == self.stop_step:
@@ -269,6 +295,19 @@ class Pretrainer:
         if self.start_step >= self.stop_step and env.is_main:
             log.info("nothing to do: %s is already at step %d", self.out / "checkpoint.pt", self.start_step)
         return self.out / "teacher_backbone.pt"
+
+    def evaluate(self, step: int) -> float:
+        """The online monitor's scores at `step`, logged; returns the seconds it took (0 without one)."""
+        if self.monitor is None:
+            return 0.0
+        networks = {"teacher": self.teacher.backbone} | ({"student": self.student.backbone}
+                                                          if self.cfg.monitor.student else {})
+        values = self.monitor(networks, self.device, self.amp_dtype)
+        self.runlog.scalars(step, values)
+        log.info("monitor at step %d: %s (%.1f s)", step, ", ".join(
+            f"{k.removeprefix('monitor/')} {v:.3f}" for k, v in values.items() if k != "monitor/seconds"),
+            values["monitor/seconds"])
+        return values["monitor/seconds"]
 
     def check_finite(self, nonfinite: torch.Tensor, step: int, last_save: int) -> None:
         if bool(distributed.all_reduce_sum(nonfinite.float()) > 0):

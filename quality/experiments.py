@@ -52,5 +52,24 @@ EXPERIMENTS = [
     Experiment("recipe_freq_sweep", "momentum_0.99's teacher read by frequency row, every block alone",
                probe=("finetune.features=freq", "finetune.layer_sweep=true"), teacher_of=OLD_RECIPE),
 ]
+# The proxy budget (issue 26): 4 epochs (448 steps), a seventh of the recipe's steps, so that many
+# variants can be tried; its ranking is checked against the full budget with the momentum rows, whose
+# full-budget order is known (recipe > momentum_0.99 > momentum_0.998 on FSDD, seed 0).
+PROXY = "train.epochs=4"
+EXPERIMENTS += [
+    Experiment("proxy_recipe", "the recipe at the proxy budget (4 epochs)", (PROXY,)),
+    Experiment("proxy_momentum_0.99", "proxy: teacher momentum 0.99", (PROXY, OLD_MOMENTUM)),
+    Experiment("proxy_momentum_0.998", "proxy: teacher momentum 0.998", (PROXY, "train.momentum_teacher=0.998")),
+    Experiment("proxy_copies_2", "proxy: two GMML corruptions of each clean view against one teacher pass",
+               (PROXY, "gmml.copies=2")),
+    # 8 clips a step for 1 epoch: the proxy's steps (451 against 448) and student rows (8 x 2 views x 4),
+    # a quarter of its clips and teacher passes; train.lr is per 256 clips, so the step's rate is the recipe's.
+    Experiment("proxy_copies_4_b8", "proxy: four corrupted copies of 8 clips a step (the proxy's steps and "
+               "student rows, a quarter of its clips and teacher passes)",
+               ("train.epochs=1", "gmml.copies=4", "train.batch_size=8", "train.lr=0.016")),
+    Experiment("proxy_rec_5", "proxy: reconstruction weight 5 (SiT's on small data)", (PROXY, "loss.w_rec=5")),
+    Experiment("proxy_small_heads", "proxy: heads of width 256 with 256 global and 128 local prototypes",
+               (PROXY, "model.head_hidden_dim=256", "model.global_out_dim=256", "model.local_out_dim=128")),
+]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 CURVE = [e.name for e in EXPERIMENTS if e.curve]

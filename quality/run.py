@@ -39,8 +39,15 @@ def call(args: list[str], log: Path) -> float:
 
 
 def last_step(run_dir: Path) -> dict:
+    """The last logged training step (the online monitor's rows carry no losses)."""
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return rows[-1]
+    return [row for row in rows if "loss/total" in row][-1]
+
+
+def monitor_curve(run_dir: Path) -> list[dict]:
+    """The online monitor's rows of a pretraining run: step and scores."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [{k.removeprefix("monitor/"): v for k, v in row.items()} for row in rows if "monitor/seconds" in row]
 
 
 def run(exp: Experiment, seed: int) -> dict:
@@ -49,6 +56,9 @@ def run(exp: Experiment, seed: int) -> dict:
     result_path = RESULTS / f"{exp.name}-seed{seed}.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
     pretrain_csv, tasks = build(RUNS / "data")
+    # The online monitor watches FSDD digits of the held-out speaker (fitted on the other five).
+    monitor = [f"monitor.data={RUNS / 'data' / 'fsdd_train.csv'}", f"monitor.test={RUNS / 'data' / 'fsdd_test.csv'}",
+               "monitor.max_clips=512", "monitor.every_steps=200"]
     result = {"name": exp.name, "what": exp.what, "seed": seed, "overrides": list(exp.overrides),
               "probe": list(exp.probe), "pretrain_seconds": previous.get("pretrain_seconds"),
               "tasks": previous.get("tasks", {})}
@@ -59,13 +69,13 @@ def run(exp: Experiment, seed: int) -> dict:
     else:
         pretrain_dir = out / "pretrain"
         args = [sys.executable, "-m", "pretrain", "--config", PRETRAIN_CONFIG, f"data.train={pretrain_csv}",
-                f"output_dir={pretrain_dir}", f"seed={seed}", *exp.overrides]
+                f"output_dir={pretrain_dir}", f"seed={seed}", *monitor, *exp.overrides]
         if not (pretrain_dir / "teacher_backbone.pt").exists() or "pretrain_seconds" not in previous:
             result["pretrain_seconds"] = call(args, out / "pretrain.log")
     backbone = pretrain_dir / "teacher_backbone.pt"
     final = last_step(pretrain_dir)
     result |= {"steps": final.get("step"), "seconds_per_step": final.get("time/seconds_per_step"),
-               "entropy": final.get("collapse/global_entropy_frac")}
+               "entropy": final.get("collapse/global_entropy_frac"), "monitor": monitor_curve(pretrain_dir)}
     for task in tasks:
         if task.name not in result["tasks"]:
             result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed, exp.probe)

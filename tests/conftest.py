@@ -12,6 +12,7 @@ TINY = [
     "model.arch=tiny", "model.head_hidden_dim=64", "model.head_bottleneck_dim=32",
     "model.global_out_dim=64", "model.local_out_dim=32", "views.crop_seconds=1.0",
     "data.num_workers=0", "train.log_every_steps=1", "train.device=cpu",
+    "monitor.every_steps=0",  # the online monitor has its own tests (test_monitor.py)
 ]
 
 

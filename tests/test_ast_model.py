@@ -202,6 +202,10 @@ def test_embeddings_of_a_block_and_the_frequency_rows_that_the_mean_averages():
     rows = last["freq"].reshape(2, 8, 192)  # 8 frequency rows of 6 patches each
     assert torch.allclose(rows.mean(dim=1), last["mean"], atol=1e-6)
     assert not torch.allclose(rows[:, 0], rows[:, 7])
-    for name in ("cls", "mean", "freq"):  # block 12 through the final norm is the last embedding
+    tokens = model.backbone.forward_features(x)[:, 1:].detach().reshape(2, 8, 6, 192)  # rows, time, width
+    assert last["freq_std"].shape == (2, 2 * 8 * 192)
+    assert torch.allclose(last["freq_std"][:, :8 * 192], last["freq"])
+    assert torch.allclose(last["freq_std"][:, 8 * 192:], tokens.std(dim=2, correction=0).flatten(1), atol=1e-5)
+    for name in ("cls", "mean", "freq", "freq_std"):  # block 12 through the final norm is the last embedding
         assert picked[name].shape[1] == 2 and torch.allclose(picked[name][:, 1], last[name], atol=1e-5)
         assert not torch.allclose(picked[name][:, 0], last[name])

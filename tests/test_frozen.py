@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from asit.frozen import (classification_loss, fit_linear_probe, fold_into_head, knn_scores, layer_normed,
+from asit.frozen import (classification_loss, combine_blocks, fit_linear_probe, fold_into_head, knn_scores, layer_normed,
                          select_features, validation_folds)
 
 
@@ -14,6 +14,12 @@ def clusters(num_classes: int, per_class: int, dim: int, seed: int, spread: floa
     labels = np.repeat(np.arange(num_classes), per_class)
     feats = centres[labels] + rng.standard_normal((len(labels), dim)) * spread
     return torch.from_numpy(feats).float(), torch.from_numpy(labels)
+
+
+def test_blocks_are_averaged_or_concatenated_in_the_order_asked():
+    x = torch.arange(24.0).view(2, 3, 4)  # 2 clips, 3 blocks, width 4
+    assert torch.equal(combine_blocks(x, [0, 2], "mean"), (x[:, 0] + x[:, 2]) / 2)
+    assert torch.equal(combine_blocks(x, [0, 2], "concat"), torch.cat([x[:, 0], x[:, 2]], dim=1))
 
 
 def test_knn_on_separable_embeddings_is_perfect():

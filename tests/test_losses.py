@@ -88,6 +88,11 @@ def test_global_loss_pairs_views_across():
     assert swap_views(x).flatten().tolist() == [2, 3, 0, 1]
 
 
+def test_with_copies_each_copy_pairs_its_own_views_across():
+    x = torch.arange(8).view(8, 1)  # copy 0: views 0, 0, 1, 1; copy 1: the same
+    assert swap_views(x, copies=2).flatten().tolist() == [2, 3, 0, 1, 6, 7, 4, 5]
+
+
 def test_reconstruction_loss_reads_corrupted_pixels_only():
     clean = torch.zeros(1, 1, 2, 2)
     rec = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]]])

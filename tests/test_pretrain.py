@@ -17,12 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from asit.checkpoint import load
+from asit.checkpoint import load, load_backbone
 from asit.config import load_config
 from asit.errors import UserError
 from asit.sources import AudioItem, list_audio, write_csv
 from pretrain.config import PretrainConfig
-from pretrain.train import NonFiniteLossError, Pretrainer, pretrain
+from pretrain.train import NonFiniteLossError, Pretrainer, pretrain, repeat_copies
 
 from conftest import REPO, TINY
 
@@ -233,6 +233,12 @@ def test_init_from_an_earlier_teacher_continues_from_its_weights(tmp_path, init_
                                 f"model.init={tmp_path / 'first' / init_file}"))
     for k, v in trainer.teacher.backbone.state_dict().items():
         assert torch.equal(v, teacher[k]), k
+    if init_file == "checkpoint.pt":  # and its student where asked (finetune's model.init_network)
+        state, _ = load_backbone(tmp_path / "first" / init_file, "student")
+        assert all(torch.equal(v, student[f"backbone.{k}"]) for k, v in state.items())
+    else:
+        with pytest.raises(UserError, match="only a pretraining checkpoint.pt holds a student"):
+            load_backbone(tmp_path / "first" / init_file, "student")
 
 
 def test_fast_bf16_step_computes_what_the_fp32_step_computes(tmp_path):
@@ -266,3 +272,31 @@ def test_the_fbank_on_the_device_computes_what_the_loader_computes(tmp_path):
         assert torch.allclose(out_a["clean"], out_b["clean"], atol=1e-6)
         for key in ("rec", "local", "global"):
             assert b[key].item() == pytest.approx(a[key].item(), rel=1e-5), key
+
+
+def test_corrupted_copies_train_against_one_teacher_pass_as_against_one_pass_per_copy(tmp_path):
+    # Without batch norm in the heads a token's local target does not depend on which other tokens go
+    # through the head: the teacher's one pass over every token, split per copy, is then exactly the
+    # teacher run on each copy's selection.
+    cfg = config("data.synthetic_clips=8", "train.batch_size=4", "gmml.copies=3", "model.head_batchnorm=false",
+                 "train.precision=fp32", f"output_dir={tmp_path}")
+    trainer = Pretrainer(cfg)
+    batch = next(iter(trainer.loader()))
+    views = batch["views"]
+    clean = torch.cat([views[:, 0], views[:, 1]])
+    corrupted, _, token_mask = trainer.corrupt(views, batch["index"], 0)
+    assert corrupted.shape[0] == 3 * len(clean)
+    copies = token_mask.unflatten(0, (3, -1))
+    assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
+    one = config("data.synthetic_clips=8", "train.batch_size=4", f"output_dir={tmp_path}")
+    assert torch.equal(copies[0], Pretrainer(one).corrupt(views, batch["index"], 0)[2])  # copy 0 is ASiT's
+    with torch.no_grad():
+        shared = repeat_copies(trainer.teacher(clean, torch.ones_like(copies[0])), 3, token_mask)
+        for c in range(3):
+            alone = trainer.teacher(clean, copies[c])
+            rows = slice(c * len(clean), (c + 1) * len(clean))
+            assert torch.allclose(shared["global"][rows], alone["global"], atol=1e-6)
+            first = int(token_mask[:c * len(clean)].sum())
+            assert torch.allclose(shared["local"][first:first + len(alone["local"])], alone["local"], atol=1e-6)
+    losses, _ = trainer.train_step(batch, 0)
+    assert all(torch.isfinite(v).all() for v in losses.values())
