@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load
+from .config import pair
 from .errors import InputError
 from .features import FrontEndConfig, check_frontend, frontend_metadata
 from .vit import ARCHS, WeightShapeError, adapt_state_dict, build_vit, pool_tokens
@@ -34,8 +35,8 @@ class ASTConfig:
     num_classes: int  # 0: no classifier layer; the model outputs the normalised pooled embedding
     num_mel_bins: int = 128
     num_frames: int = 1024  # 10 s at a 10 ms shift (AST's AudioSet input); any length >= patch_size
-    patch_size: int = 16
-    patch_stride: int = 10  # AST overlaps patches by 6 when fine-tuning
+    patch_size: int | tuple[int, int] = 16  # one number (square) or (frequency, time), as `build_vit`
+    patch_stride: int | tuple[int, int] = 10  # AST overlaps patches by 6 when fine-tuning
     # token: the mean of the prefix tokens' outputs, (cls + dist) / 2 as AST (cls without dist_token);
     # mean: the mean of the patch tokens
     pool: str = "token"
@@ -51,11 +52,21 @@ class ASTConfig:
             raise ValueError(f"ast.pool must be one of {sorted(POOLS)}, got {self.pool!r}")
         if self.num_classes < 0:
             raise ValueError(f"ast.num_classes must be >= 0, got {self.num_classes}")
-        if not 0 < self.patch_stride <= self.patch_size:
-            raise ValueError(f"ast.patch_stride must be in [1, patch_size={self.patch_size}], got {self.patch_stride}")
-        for name in ("num_mel_bins", "num_frames"):
-            if getattr(self, name) < self.patch_size:
+        patch, stride = self.patch, self.stride
+        if not all(0 < s <= p for s, p in zip(stride, patch)):
+            raise ValueError(f"ast.patch_stride must be in [1, patch_size={self.patch_size}] on each axis, got "
+                             f"{self.patch_stride}")
+        for name, p in zip(("num_mel_bins", "num_frames"), patch):
+            if getattr(self, name) < p:
                 raise ValueError(f"ast.{name}={getattr(self, name)} is smaller than one patch ({self.patch_size})")
+
+    @property
+    def patch(self) -> tuple[int, int]:  # (frequency, time)
+        return pair(self.patch_size, "ast.patch_size")
+
+    @property
+    def stride(self) -> tuple[int, int]:  # (frequency, time)
+        return pair(self.patch_stride, "ast.patch_stride")
 
 
 class ASTModel(nn.Module):

@@ -106,7 +106,7 @@ def load_newest(path: str | Path) -> tuple[Any, Path] | None:
                      f"{' and '.join(p.name for p in found)} out of {path.parent} to start afresh")
 
 
-def backbone_checkpoint(backbone: torch.nn.Module, arch: str, patch_size: int, patch_stride: int,
+def backbone_checkpoint(backbone: torch.nn.Module, arch: str, patch_size: int | list[int], patch_stride: int | list[int],
                         grid: tuple[int, int], frontend: dict) -> dict:
     return {
         "format": BACKBONE_FORMAT,

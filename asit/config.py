@@ -24,6 +24,19 @@ class ConfigError(InputError):
     pass
 
 
+Pair = tuple[int, int]
+
+
+def pair(value: int | tuple[int, int] | list[int], name: str = "patch_size") -> Pair:
+    """A patch size or stride as (frequency, time), in mel bins and frames; one number is both."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise ValueError(f"{name}: expected a positive number or [frequency, time], got {value!r}")
+    return int(value[0]), int(value[1])
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import pair
+
 # Candidate blocks are processed in chunks of this many bits of an int64 bitset, block j of a chunk as bit
 # _BITS-1-j. Integers below 2**53 convert to float64 exactly, so the float's exponent field (1023 + highest set
 # bit) exactly identifies the first block covering a pixel: _EXP_FIRST - j for block j, 0 for none.
@@ -107,7 +109,8 @@ def _sides(u_size: np.ndarray, u_start: np.ndarray, length: int, unit: int, cfg:
     return start * unit, size * unit
 
 
-def _plan(cfg: GMMLConfig, F: int, T: int, patch_size: int, seed: int, step: int, ids: Sequence[int], view: int):
+def _plan(cfg: GMMLConfig, F: int, T: int, patch: tuple[int, int], seed: int, step: int, ids: Sequence[int],
+          view: int):
     B, K = len(ids), cfg.max_blocks
     # Block k uses u[3 + 4k : 7 + 4k], so the first blocks do not change with max_blocks.
     u = np.stack([np.random.default_rng([seed, step, i, view]).random(3 + 4 * K) for i in ids])  # [B, 3 + 4K]
@@ -119,9 +122,9 @@ def _plan(cfg: GMMLConfig, F: int, T: int, patch_size: int, seed: int, step: int
     # An offset in 1..B-1 never points at the sample itself.
     donor = (np.arange(B) + 1 + np.floor(u[:, 2] * (B - 1)).astype(np.int64)) % max(B, 1)
     blocks = u[:, 3:].reshape(B, K, 4)
-    unit = patch_size if cfg.align_to_patches else 1
-    top, height = _sides(blocks[..., 0], blocks[..., 2], F, unit, cfg)
-    left, width = _sides(blocks[..., 1], blocks[..., 3], T, unit, cfg)
+    unit = patch if cfg.align_to_patches else (1, 1)
+    top, height = _sides(blocks[..., 0], blocks[..., 2], F, unit[0], cfg)
+    left, width = _sides(blocks[..., 1], blocks[..., 3], T, unit[1], cfg)
     return _Plan(alien, target, donor, top, height, left, width)
 
 
@@ -178,7 +181,7 @@ def _group_mask(plan: _Plan, F: int, T: int, device: torch.device) -> torch.Tens
 def corrupt(
     views: torch.Tensor,
     cfg: GMMLConfig,
-    patch_size: int,
+    patch_size: int | tuple[int, int],
     seed: int,
     step: int,
     sample_ids: torch.Tensor | Sequence[int],
@@ -186,19 +189,21 @@ def corrupt(
 ) -> Corruption:
     """Corrupt clean views of one view index (call once per view index, since `view` enters the seed).
 
-    views: [B, 1, F, T]; sample_ids: [B] global dataset indices, the same on every process.
+    views: [B, 1, F, T]; sample_ids: [B] global dataset indices, the same on every process; patch_size:
+    one number, or (frequency, time).
     """
     if views.ndim != 4:
         raise ValueError(f"views must be [B, 1, F, T], got shape {tuple(views.shape)}")
     B, _, F, T = views.shape
-    if F % patch_size or T % patch_size:
+    pf, pt = pair(patch_size)
+    if F % pf or T % pt:
         raise ValueError(f"spectrogram size F={F}, T={T} must be a multiple of patch_size={patch_size}")
     ids = [int(i) for i in (sample_ids.tolist() if isinstance(sample_ids, torch.Tensor) else sample_ids)]
     if len(ids) != B:
         raise ValueError(f"got {len(ids)} sample_ids for a batch of {B}")
     if min([seed, step, view, *ids]) < 0:
         raise ValueError("seed, step, view and sample_ids must be non-negative (they seed numpy's rng)")
-    nF, nT = F // patch_size, T // patch_size
+    nF, nT = F // pf, T // pt
     if not cfg.enabled:
         return Corruption(
             views=views,
@@ -210,13 +215,13 @@ def corrupt(
     # no_grad rather than inference_mode: the corrupted views feed the student's forward pass with autograd on,
     # which refuses inference tensors.
     with torch.no_grad():
-        plan = _plan(cfg, F, T, patch_size, seed, step, ids, view)
+        plan = _plan(cfg, F, T, (pf, pt), seed, step, ids, view)
         pixel_mask = _group_mask(plan, F, T, views.device)[:, None]  # [B, 1, F, T]
         alien = torch.from_numpy(plan.alien).to(views.device)  # [B]
         donor = torch.from_numpy(plan.donor).to(views.device)  # [B]
         fill = torch.where(alien[:, None, None, None], views[donor], 0.0)
         corrupted = torch.where(pixel_mask, fill, views)  # x: [B, 1, F, T]
         # Corrupted pixels per patch, compared as counts so that thresholds like 1.0 are exact.
-        counts = pixel_mask.view(B, nF, patch_size, nT, patch_size).sum((2, 4), dtype=torch.int32)  # [B, nF, nT]
-        token_mask = (counts >= cfg.token_mask_threshold * patch_size**2).flatten(1)  # [B, nF * nT]
+        counts = pixel_mask.view(B, nF, pf, nT, pt).sum((2, 4), dtype=torch.int32)  # [B, nF, nT]
+        token_mask = (counts >= cfg.token_mask_threshold * pf * pt).flatten(1)  # [B, nF * nT]
     return Corruption(views=corrupted, pixel_mask=pixel_mask, token_mask=token_mask, alien=alien)

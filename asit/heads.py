@@ -57,7 +57,7 @@ class DINOHead(nn.Module):
 class ReconstructionHead(nn.Module):
     """Per-token MLP, then a transposed convolution (kernel = stride = patch) back to pixels."""
 
-    def __init__(self, in_dim: int, patch_size: int, grid: tuple[int, int], hidden_dim: int = 2048,
+    def __init__(self, in_dim: int, patch_size: tuple[int, int], grid: tuple[int, int], hidden_dim: int = 2048,
                  bottleneck_dim: int = 256):
         super().__init__()
         self.grid = tuple(grid)
@@ -68,6 +68,6 @@ class ReconstructionHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens: [B, N, D] -> [B, 1, F, T]
         # The transposed convolution's patches do not overlap, so it is one matmul per token (the
         # module keeps its parameters): CPU kernels of transposed convolutions are slow at this shape.
-        w, p = self.to_pixels.weight, self.to_pixels.kernel_size[0]  # w: [C, 1, p, p]
-        pixels = F.linear(self.mlp(tokens), w.flatten(1).T, self.to_pixels.bias.expand(p * p))
+        w, (p, q) = self.to_pixels.weight, self.to_pixels.kernel_size  # w: [C, 1, p, q]
+        pixels = F.linear(self.mlp(tokens), w.flatten(1).T, self.to_pixels.bias.expand(p * q))
         return rearrange(pixels, "b (f t) (p q) -> b 1 (f p) (t q)", f=self.grid[0], p=p)

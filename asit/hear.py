@@ -16,7 +16,7 @@ from $ASIT_CKPT and this module is the encoder file:
 What each embedding is (D, the ViT width: 192 tiny, 384 small, 768 base):
 - timestamp [n, T, D]: the last block's patch tokens after the final norm (the tokens `ASTModel.embed`
   reads), averaged over the frequency rows of each time column of patches. One embedding per patch
-  column, so one every `hop_size_in_ms` = patch_stride x frame_shift (160 ms for a pretrained backbone,
+  column, so one every `hop_size_in_ms` = the time stride x frame_shift (160 ms for a pretrained backbone,
   100 ms for an AST classifier with stride 10), one for each patch_stride frames that hold audio. Its
   timestamp is the centre of the frames the column covers: column c covers frames [cS, cS + P), frame k
   covers [k shift, k shift + frame_length) ms, so t_c = c S shift + ((P - 1) shift + frame_length) / 2.
@@ -59,7 +59,7 @@ class HearModel(nn.Module):
         self.sample_rate = frontend.sample_rate
         self.timestamp_embedding_size = width
         self.scene_embedding_size = 2 * width
-        self.hop_size_in_ms = model.cfg.patch_stride * frontend.frame_shift_ms
+        self.hop_size_in_ms = model.cfg.stride[1] * frontend.frame_shift_ms
 
     @property
     def device(self) -> torch.device:
@@ -86,7 +86,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     """audio [n, samples] -> (embeddings [n, T, D], timestamps_ms [n, T]); see the module docstring."""
     audio = _checked(audio, model.device)
     ast, frontend = model.model, model.frontend
-    size, stride = ast.cfg.patch_size, ast.cfg.patch_stride
+    size, stride = ast.cfg.patch[1], ast.cfg.stride[1]  # in time
     frames_per_window = ast.cfg.num_frames
     rows, cols = ast.backbone.patch_embed.grid_size
     # Not `clip_windows`: its hop (half a window) is rarely a multiple of the patch stride and its last

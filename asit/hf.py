@@ -98,10 +98,14 @@ def from_hf(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tens
 def hf_ast_config(cfg: ASTConfig, **extra):
     """transformers' ASTConfig of the network asit's `cfg` describes (`extra`: labels and the like)."""
     width, heads = ARCHS[cfg.arch]
+    if cfg.patch[0] != cfg.patch[1]:
+        raise InputError(f"patches of {cfg.patch[0]} mel bins x {cfg.patch[1]} frames: transformers' AST has square "
+                         f"patches only, so this model has no Hugging Face form; use its asit checkpoint, or "
+                         f"`asit export-onnx`")
     return _transformers().ASTConfig(
         hidden_size=width, num_hidden_layers=DEPTH, num_attention_heads=heads, intermediate_size=4 * width,
-        hidden_act="gelu", layer_norm_eps=NORM_EPS, qkv_bias=True, patch_size=cfg.patch_size,
-        frequency_stride=cfg.patch_stride, time_stride=cfg.patch_stride, max_length=cfg.num_frames,
+        hidden_act="gelu", layer_norm_eps=NORM_EPS, qkv_bias=True, patch_size=cfg.patch[0],
+        frequency_stride=cfg.stride[0], time_stride=cfg.stride[1], max_length=cfg.num_frames,
         num_mel_bins=cfg.num_mel_bins, **extra,
     )
 
@@ -186,14 +190,14 @@ def _ast_config(hf, source: str) -> ASTConfig:
         hf.intermediate_size != 4 * hf.hidden_size and f"intermediate_size {hf.intermediate_size} is not 4 x hidden",
         hf.hidden_act != "gelu" and f"hidden_act {hf.hidden_act!r} is not gelu",
         not hf.qkv_bias and "qkv_bias is false",
-        hf.frequency_stride != hf.time_stride and f"strides differ ({hf.frequency_stride} vs {hf.time_stride})",
         not isinstance(hf.patch_size, int) and len(set(hf.patch_size)) > 1 and f"patch {hf.patch_size} is not square",
     ]
     problems = [p for p in problems if p]
     if problems:
         raise InputError(f"{source}: unsupported AST: " + "; ".join(problems))
     return ASTConfig(arch, num_classes=hf.num_labels, num_mel_bins=hf.num_mel_bins, num_frames=hf.max_length,
-                     patch_size=patch, patch_stride=hf.time_stride)
+                     patch_size=patch, patch_stride=(hf.time_stride if hf.frequency_stride == hf.time_stride
+                                                     else (hf.frequency_stride, hf.time_stride)))
 
 
 def _frontend(extractor, cfg: ASTConfig, source: str) -> FrontEndConfig:

@@ -14,13 +14,17 @@ import torch
 from torch import nn
 
 from .heads import DINOHead, ReconstructionHead
+from .config import pair
 from .vit import build_vit, grid_of
 
 
 @dataclass
 class ModelConfig:
     arch: str = "small"  # tiny | small | base
-    patch_size: int = 16  # patches do not overlap in pretraining (stride = patch size)
+    # Mel bins x frames of a patch: one number (square, the paper's 16), or [frequency, time], e.g.
+    # [16, 4]: 40 ms tokens, as speech models use (M2D, SSAST's frame patches). Patches do not overlap
+    # in pretraining (stride = patch size).
+    patch_size: int | tuple[int, int] = 16
     drop_path: float = 0.1  # stochastic depth of the student's last block; the teacher has none
     # Optional backbone to start from (continued pretraining, e.g. domain adaptation on small data):
     # an asit checkpoint.pt or teacher_backbone.pt, or a timm ViT state dict (RGB ones are averaged
@@ -33,6 +37,9 @@ class ModelConfig:
     local_out_dim: int = 1024  # K of the per-token head
     # The attention kernel, never the result: separate ops for bf16 on CPUs, SDPA elsewhere (asit.vit.set_attention).
     attention: Literal["auto", "fused", "math"] = "auto"
+
+    def __post_init__(self):
+        pair(self.patch_size, "model.patch_size")  # fails here, naming the key, rather than in the model
 
 
 class ASiTNetwork(nn.Module):
@@ -75,7 +82,7 @@ def build_network(cfg: ModelConfig, input_size: tuple[int, int], *, teacher: boo
         backbone,
         global_head=dino(cfg.global_out_dim) if use_global else None,
         local_head=dino(cfg.local_out_dim) if use_local else None,
-        rec_head=(ReconstructionHead(width, cfg.patch_size, grid_of(backbone), cfg.head_hidden_dim,
+        rec_head=(ReconstructionHead(width, pair(cfg.patch_size), grid_of(backbone), cfg.head_hidden_dim,
                                      cfg.head_bottleneck_dim) if use_rec and not teacher else None),
     )
 

@@ -87,10 +87,10 @@ class PretrainViews(Dataset):
     """Indexed by (clip index, epoch), as yielded by `asit.sampler.GlobalBatchSampler`."""
 
     def __init__(self, items: Sequence[AudioItem], cfg: FrontEndConfig, views: ViewsConfig, seed: int,
-                 patch_size: int = 16):
+                 patch_frames: int = 16):
         self.items = list(items)
         self.cfg, self.views = cfg, views
-        self.num_frames = views.num_frames(cfg, multiple=patch_size)
+        self.num_frames = views.num_frames(cfg, multiple=patch_frames)  # whole patches in time
         self.seed = seed
         self.bad: dict[int, str] = {}  # item -> why it cannot be read; in each loader process its own
 

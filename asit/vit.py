@@ -16,6 +16,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
+from .config import Pair, pair
 from .errors import InputError
 
 ARCHS = {  # name -> (width, heads); all are 12 blocks deep with MLP ratio 4
@@ -38,30 +39,34 @@ class PatchProjection(nn.Conv2d):
 
 
 class SpectrogramPatchEmbed(PatchEmbed):
-    """timm's PatchEmbed with a stride that may be smaller than the patch (overlapping patches)."""
+    """timm's PatchEmbed with a stride that may be smaller than the patch (overlapping patches); patch and
+    stride may differ between frequency and time."""
 
-    def __init__(self, *args, stride: int | None = None, **kwargs):
+    def __init__(self, *args, stride: Pair | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         p = self.patch_size
-        stride = stride or p[0]
+        stride = pair(stride or p, "patch_stride")
         self.proj = PatchProjection(
             self.proj.in_channels, self.proj.out_channels, kernel_size=p, stride=stride,
             bias=self.proj.bias is not None,
         )
         self.stride = stride
-        self.grid_size = tuple((s - k) // stride + 1 for s, k in zip(self.img_size, p))
+        self.grid_size = tuple((s - k) // st + 1 for s, k, st in zip(self.img_size, p, stride))
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
 
 def build_vit(
     arch: str,
     input_size: tuple[int, int],
-    patch_size: int = 16,
-    patch_stride: int | None = None,
+    patch_size: int | Pair = 16,
+    patch_stride: int | Pair | None = None,
     drop_path: float = 0.0,
     dist_token: bool = False,
 ) -> VisionTransformer:
     """A ViT over [B, 1, F, T] spectrograms with a class token and no classifier (`num_classes=0`).
+
+    `patch_size` and `patch_stride`: one number (square), or (frequency, time), e.g. (16, 4): finer
+    time tokens for speech, as M2D and SSAST's frame patches.
 
     `dist_token` adds AST's distillation token: timm's one register token is exactly that (a learned
     prefix token after the class token, with its own positional embedding).
@@ -71,7 +76,7 @@ def build_vit(
     width, heads = ARCHS[arch]
     return VisionTransformer(
         img_size=tuple(input_size),
-        patch_size=patch_size,
+        patch_size=pair(patch_size),
         in_chans=1,
         num_classes=0,
         embed_dim=width,
@@ -80,7 +85,7 @@ def build_vit(
         mlp_ratio=4.0,
         drop_path_rate=drop_path,
         reg_tokens=1 if dist_token else 0,
-        embed_layer=partial(SpectrogramPatchEmbed, stride=patch_stride or patch_size),
+        embed_layer=partial(SpectrogramPatchEmbed, stride=pair(patch_stride or patch_size, "patch_stride")),
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from asit.augment import AugmentConfig
+from asit.config import pair
 from asit.features import FrontEndConfig
 
 
@@ -51,10 +52,20 @@ class ModelConfig:
     # for), or the student, which the teacher lags after a short run.
     init_network: Literal["teacher", "student"] = "teacher"
     num_frames: int = 1024  # frames fed to the model: AST's 1024 for 10 s, 512 for 5 s, 128 for 1 s
-    patch_size: int = 16
-    patch_stride: int = 10  # AST overlaps patches by 6 when fine-tuning: better, and 2.5x the tokens
+    # Mel bins x frames of a patch, one number (square) or [frequency, time]; null: model.init's (as it
+    # was pretrained), 16 without one.
+    patch_size: int | tuple[int, int] | None = None
+    # AST overlaps 16 x 16 patches by 6 when fine-tuning (stride 10): better, and 2.5x the tokens. One
+    # number or [frequency, time]; null: no overlap (the patch), as pretrained.
+    patch_stride: int | tuple[int, int] | None = 10
     pool: Literal["token", "mean"] = "token"  # token: class (+ distillation) token, AST; mean: patches
     drop_path: float = 0.0
+
+    def __post_init__(self):
+        if self.patch_size is not None:
+            pair(self.patch_size, "model.patch_size")
+        if self.patch_stride is not None:
+            pair(self.patch_stride, "model.patch_stride")
 
 
 @dataclass

@@ -39,13 +39,14 @@ def build_model(cfg: FinetuneConfig, num_classes: int, pool: str | None = None,
     shifts every token's attention a little): what frozen evaluations must judge.
     """
     m = cfg.model
+    state, meta = load_backbone(m.init, m.init_network) if m.init else (None, {})
+    patch = m.patch_size or meta.get("patch_size") or 16
     ast = ASTConfig(arch=m.arch, num_classes=num_classes, num_mel_bins=cfg.frontend.num_mel_bins,
-                    num_frames=m.num_frames, patch_size=m.patch_size, patch_stride=m.patch_stride,
+                    num_frames=m.num_frames, patch_size=patch, patch_stride=m.patch_stride or patch,
                     pool=pool or m.pool, drop_path=m.drop_path, dist_token=dist_token)
     model = ASTModel(ast)
     frontend = cfg.frontend
     if m.init:
-        state, meta = load_backbone(m.init, m.init_network)
         frontend = adopt_stats(frontend, meta.get("frontend"), m.init)
         load_backbone_weights(model, state, meta, m.init, frontend)
         log.info("initialised the backbone from %s", m.init)

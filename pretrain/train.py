@@ -22,7 +22,7 @@ from tqdm import tqdm
 from asit import distributed, gmml
 from asit.batched_fbank import BatchedFbank
 from asit.checkpoint import atomic_save, backbone_checkpoint, load_backbone, load_newest
-from asit.config import ConfigError, to_dict
+from asit.config import ConfigError, pair, to_dict
 from asit.errors import InputError
 from asit.features import check_frontend, frontend_metadata, normalise
 from asit.losses import ASiTLoss
@@ -90,11 +90,11 @@ class Pretrainer:
 
         # Data: each process loads its share of every global batch.
         items, labelled = training_items(cfg)
-        self.patch = cfg.model.patch_size
-        if cfg.frontend.num_mel_bins % self.patch:
-            raise ConfigError(f"frontend.num_mel_bins={cfg.frontend.num_mel_bins} is not a multiple of "
-                             f"model.patch_size={self.patch}")
-        self.dataset = PretrainViews(items, cfg.frontend, cfg.views, cfg.seed, self.patch)
+        self.patch = pair(cfg.model.patch_size)  # (frequency, time)
+        if cfg.frontend.num_mel_bins % self.patch[0]:
+            raise ConfigError(f"frontend.num_mel_bins={cfg.frontend.num_mel_bins} is not a multiple of the "
+                             f"patch's {self.patch[0]} mel bins (model.patch_size={cfg.model.patch_size})")
+        self.dataset = PretrainViews(items, cfg.frontend, cfg.views, cfg.seed, self.patch[1])
         self.num_frames = self.dataset.num_frames
         # views.frontend=device: the loader hands over waveform crops, and their fbank is made here.
         self.fbank = BatchedFbank(cfg.frontend).to(self.device) if cfg.views.frontend == "device" else None
@@ -148,6 +148,11 @@ class Pretrainer:
         self.student.backbone.load_state_dict(state)
         log.info("initialised the backbone from %s", path)
 
+    @property
+    def patch_meta(self) -> int | list[int]:
+        """The patch as checkpoints record it: one number when square (as before non-square patches)."""
+        return self.patch[0] if self.patch[0] == self.patch[1] else list(self.patch)
+
     def checkpoint(self, step: int) -> dict:
         return {
             "student": self.student.state_dict(),
@@ -159,7 +164,7 @@ class Pretrainer:
             "config": to_dict(self.cfg),
             "frontend": frontend_metadata(self.cfg.frontend, self.num_frames),
             "arch": self.cfg.model.arch,
-            "patch_size": self.patch,
+            "patch_size": self.patch_meta,
             "grid": list(grid_of(self.student.backbone)),
         }
 
@@ -172,7 +177,7 @@ class Pretrainer:
         self.write_bad_files(found)
         atomic_save(self.checkpoint(step), self.out / "checkpoint.pt", keep_previous=self.keep_newest)
         self.keep_newest = True
-        backbone = backbone_checkpoint(self.teacher.backbone, self.cfg.model.arch, self.patch, self.patch,
+        backbone = backbone_checkpoint(self.teacher.backbone, self.cfg.model.arch, self.patch_meta, self.patch_meta,
                                        grid_of(self.teacher.backbone),
                                        frontend_metadata(self.cfg.frontend, self.num_frames))
         atomic_save(backbone, self.out / "teacher_backbone.pt")

@@ -67,6 +67,10 @@ EXPERIMENTS += [
     Experiment("proxy_copies_4_b8", "proxy: four corrupted copies of 8 clips a step (the proxy's steps and "
                "student rows, a quarter of its clips and teacher passes)",
                ("train.epochs=1", "gmml.copies=4", "train.batch_size=8", "train.lr=0.016")),
+    # Half the clips a step for 2 epochs: the proxy's steps and tokens a step (16 clips x 96 tokens of 80 ms).
+    Experiment("proxy_patch_16x8", "proxy: patches of 16 mel bins x 8 frames (80 ms tokens), 16 clips a step "
+               "(the proxy's steps and tokens a step)",
+               ("train.epochs=2", "model.patch_size=[16,8]", "train.batch_size=16")),
     Experiment("proxy_rec_5", "proxy: reconstruction weight 5 (SiT's on small data)", (PROXY, "loss.w_rec=5")),
     Experiment("proxy_small_heads", "proxy: heads of width 256 with 256 global and 128 local prototypes",
                (PROXY, "model.head_hidden_dim=256", "model.global_out_dim=256", "model.local_out_dim=128")),

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from asit.runtime import cpu_name
+
 from .experiments import BY_NAME, Experiment
 from .tasks import REPO, Task, build
 
@@ -23,6 +25,10 @@ RUNS = REPO / "runs" / "quality"
 RESULTS = REPO / "results" / "quality"
 PRETRAIN_CONFIG = "configs/pretrain/tiny.yaml"  # the laptop recipe, as `make pretrain` runs it
 PROBE_CONFIG = "configs/quality/probe.yaml"
+# Every teacher (and its references) is also read as the field reads frozen audio models: each frequency
+# row of the last block's patch tokens pooled over time (mean and std), standardised, the same probe.
+FREQ = "freq"
+FREQ_PROBE = ("finetune.features=freq_std",)
 
 
 def call(args: list[str], log: Path) -> float:
@@ -75,10 +81,15 @@ def run(exp: Experiment, seed: int) -> dict:
     backbone = pretrain_dir / "teacher_backbone.pt"
     final = last_step(pretrain_dir)
     result |= {"steps": final.get("step"), "seconds_per_step": final.get("time/seconds_per_step"),
-               "entropy": final.get("collapse/global_entropy_frac"), "monitor": monitor_curve(pretrain_dir)}
+               "entropy": final.get("collapse/global_entropy_frac"), "monitor": monitor_curve(pretrain_dir),
+               "machine": previous.get("machine") or f"{os.cpu_count()} cores, {cpu_name()}"}
     for task in tasks:
         if task.name not in result["tasks"]:
             result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed, exp.probe)
+            save(result, result_path)
+        if FREQ not in result["tasks"][task.name] and not exp.probe:
+            result["tasks"][task.name][FREQ] = evaluate(task, backbone, out / f"{task.name}-{FREQ}", seed,
+                                                        FREQ_PROBE)
             save(result, result_path)
     save(result, result_path)
     return result

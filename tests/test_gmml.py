@@ -19,12 +19,12 @@ def _fractions(c: Corruption):
 
 def _targets(cfg, views, seed, step, ids, view):
     _, _, F, T = views.shape
-    return _plan(cfg, F, T, P, seed, step, list(ids), view).target
+    return _plan(cfg, F, T, (P, P), seed, step, list(ids), view).target
 
 
 def _reference_mask(cfg, F, T, seed, step, ids, view):
     """Per-sample loop: paint blocks in drawing order until the target fraction is reached."""
-    plan = _plan(cfg, F, T, P, seed, step, list(ids), view)
+    plan = _plan(cfg, F, T, (P, P), seed, step, list(ids), view)
     masks = np.zeros((len(ids), F, T), dtype=bool)
     for b, m in enumerate(masks):
         for k in range(cfg.max_blocks):
@@ -94,7 +94,7 @@ def test_aligned_blocks_cover_whole_patches():
     any_pixel = nnf.max_pool2d(mask, P).flatten(1).bool()
     assert torch.equal(c.token_mask, any_pixel)
     assert c.token_mask.any()
-    plan = _plan(cfg, 128, 256, P, 0, 0, list(range(16)), 0)
+    plan = _plan(cfg, 128, 256, (P, P), 0, 0, list(range(16)), 0)
     for a in (plan.top, plan.height, plan.left, plan.width):
         assert (a % P == 0).all()
     assert (plan.height >= P).all() and (plan.width >= P).all()
