@@ -15,6 +15,8 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", help=f"experiments (default: the recipe, {RECIPE}); "
                         f"known: {', '.join(BY_NAME)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--classic-only", action="store_true",
+                        help="probe the classic readout only, not the frequency readout too (a quicker search)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BY_NAME]
     if unknown:
@@ -22,7 +24,7 @@ def main(argv=None) -> int:
     if args.command == "run":
         for name in args.names or [RECIPE]:
             for seed in args.seeds:
-                run(BY_NAME[name], seed)
+                run(BY_NAME[name], seed, freq=not args.classic_only)
     table = render(load_results(), RECIPE, [e.name for e in EXPERIMENTS], CURVE)
     path = REPO / "results" / "quality.md"
     path.write_text(table)

@@ -56,8 +56,9 @@ def monitor_curve(run_dir: Path) -> list[dict]:
     return [{k.removeprefix("monitor/"): v for k, v in row.items()} for row in rows if "monitor/seconds" in row]
 
 
-def run(exp: Experiment, seed: int) -> dict:
-    """Pretrain and evaluate `exp` with `seed` (each part skipped if done); returns its result."""
+def run(exp: Experiment, seed: int, freq: bool = True) -> dict:
+    """Pretrain and evaluate `exp` with `seed` (each part skipped if done), with the frequency readout
+    too unless `freq` is false; returns its result."""
     out = RUNS / exp.name / f"seed{seed}"
     result_path = RESULTS / f"{exp.name}-seed{seed}.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
@@ -69,7 +70,7 @@ def run(exp: Experiment, seed: int) -> dict:
               "probe": list(exp.probe), "pretrain_seconds": previous.get("pretrain_seconds"),
               "tasks": previous.get("tasks", {})}
     if exp.teacher_of:
-        teacher = run(BY_NAME[exp.teacher_of], seed)
+        teacher = run(BY_NAME[exp.teacher_of], seed, freq)
         pretrain_dir = RUNS / exp.teacher_of / f"seed{seed}" / "pretrain"
         result |= {"overrides": teacher["overrides"], "pretrain_seconds": teacher["pretrain_seconds"]}
     else:
@@ -87,7 +88,7 @@ def run(exp: Experiment, seed: int) -> dict:
         if task.name not in result["tasks"]:
             result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed, exp.probe)
             save(result, result_path)
-        if FREQ not in result["tasks"][task.name] and not exp.probe:
+        if freq and FREQ not in result["tasks"][task.name] and not exp.probe:
             result["tasks"][task.name][FREQ] = evaluate(task, backbone, out / f"{task.name}-{FREQ}", seed,
                                                         FREQ_PROBE)
             save(result, result_path)

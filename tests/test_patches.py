@@ -104,3 +104,13 @@ def test_hear_stamps_every_time_stride_and_hugging_face_refuses_a_patch_it_canno
     pytest.importorskip("transformers")
     with pytest.raises(InputError, match="square patches only"):
         export_hf(path, tmp_path / "hf")
+
+
+def test_onnx_exports_a_backbone_of_time_patches(pretrained, tmp_path):
+    for module in ("onnx", "onnxscript"):
+        pytest.importorskip(module, reason="ONNX export needs the onnx extra")
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the onnx extra")
+    from asit.onnx_export import export_onnx
+
+    info = export_onnx(pretrained / "teacher_backbone.pt", tmp_path / "backbone.onnx", backbone=True)
+    assert info["max_abs_diff"] < 1e-4
