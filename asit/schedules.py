@@ -17,3 +17,10 @@ def linear_then_constant(start: float, end: float, total_steps: int, ramp_steps:
     """Linear from `start` to `end` over `ramp_steps`, then `end` (the teacher temperature)."""
     ramp = np.linspace(start, end, ramp_steps, endpoint=False)
     return np.concatenate([ramp, np.full(max(0, total_steps - ramp_steps), end)])[:total_steps]
+
+
+def momentum_for_half_life(half_life_steps: float) -> float:
+    """The EMA momentum m whose half-life, ln 0.5 / ln m steps, is `half_life_steps`."""
+    if half_life_steps <= 0:
+        raise ValueError(f"a half-life must be positive, got {half_life_steps}")
+    return 0.5 ** (1.0 / half_life_steps)

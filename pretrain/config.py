@@ -39,6 +39,11 @@ class TrainConfig:
     weight_decay: float = 0.04  # cosine to weight_decay_end
     weight_decay_end: float = 0.4
     momentum_teacher: float = 0.996  # EMA momentum, cosine to 1.0
+    # The teacher's horizon sized to the run: its EMA half-life (ln 0.5 / ln m steps) as a fraction of
+    # the planned steps, from which the starting momentum is derived instead of momentum_teacher. A
+    # fixed momentum leaves a long run's teacher as fast as a short run's (0.996: 173 steps); a fixed
+    # fraction keeps the teacher's lag the same share of any run. null: momentum_teacher as given.
+    teacher_half_life: float | None = None
     clip_grad: float = 3.0  # 0 disables clipping
     freeze_last_layer_epochs: int = 1
     # auto: bf16 autocast on CPU and on GPUs that support it, fp16 with a grad scaler on older GPUs.
@@ -50,6 +55,11 @@ class TrainConfig:
     save_every_steps: int = 200
     log_every_steps: int = 10
     image_every_steps: int = 200  # tensorboard images of a view, its corruption and reconstruction
+
+
+    def __post_init__(self):
+        if self.teacher_half_life is not None and not 0 < self.teacher_half_life <= 1:
+            raise ValueError(f"train.teacher_half_life is a fraction of the run, in (0, 1]; got {self.teacher_half_life}")
 
 
 @dataclass

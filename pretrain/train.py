@@ -32,7 +32,7 @@ from asit.optim import build_adamw, optimizer_step, set_hyperparameters
 from asit.runlog import RunLog
 from asit.runtime import autocast, compiled, resolve_precision, step_seed
 from asit.sampler import GlobalBatchSampler
-from asit.schedules import cosine, linear_then_constant
+from asit.schedules import cosine, linear_then_constant, momentum_for_half_life
 from asit.sources import list_audio
 from asit.synthetic import LABELS_FILE, default_cache_dir, ensure_synthetic_dataset
 from asit.views import BadFiles, PretrainViews
@@ -64,7 +64,9 @@ class Schedules:
         t, loss = cfg.train, cfg.loss
         self.lr = cosine(t.lr * global_batch / 256, t.min_lr, total_steps, round(t.warmup_frac * total_steps))
         self.weight_decay = cosine(t.weight_decay, t.weight_decay_end, total_steps)
-        self.momentum = cosine(t.momentum_teacher, 1.0, total_steps)
+        momentum = (t.momentum_teacher if t.teacher_half_life is None
+                    else momentum_for_half_life(t.teacher_half_life * total_steps))
+        self.momentum = cosine(momentum, 1.0, total_steps)
         self.teacher_temp = linear_then_constant(loss.warmup_teacher_temp, loss.teacher_temp, total_steps,
                                                  round(loss.teacher_temp_warmup_frac * total_steps))
 

@@ -70,3 +70,18 @@ def test_command_line_config_errors_are_one_line_and_exit_2(capsys):
     assert main(["train.epoch=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "train.epoch" in err and "\n" not in err
+
+
+def test_a_teacher_horizon_is_the_same_share_of_a_short_run_and_of_a_long_one():
+    from pretrain.train import Schedules
+
+    for steps in (448, 2464, 100_000):
+        cfg = load_config(PretrainConfig, None, ["train.teacher_half_life=0.07"])
+        m = Schedules(cfg, steps, 32).momentum[0]
+        assert m ** (0.07 * steps) == pytest.approx(0.5)  # half the weight is older than 7% of the run
+    # 7% of the laptop recipe's 2464 steps is about the paper's 0.996 (half-life 173 steps).
+    assert Schedules(cfg, 2464, 32).momentum[0] == pytest.approx(0.996, abs=1e-4)
+    fixed = load_config(PretrainConfig, None, [])
+    assert Schedules(fixed, 448, 32).momentum[0] == Schedules(fixed, 2464, 32).momentum[0] == 0.996
+    with pytest.raises(ConfigError, match="teacher_half_life"):
+        load_config(PretrainConfig, None, ["train.teacher_half_life=0"])
