@@ -14,7 +14,6 @@ monitor on or off.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -30,7 +29,6 @@ from .runtime import autocast
 from .sources import AudioItem, list_audio
 from .vit import pool_tokens
 
-log = logging.getLogger("asit")
 READOUTS = {"": ("cls", "mean"), "_freq": ("freq",)}  # log-key suffix -> the pooled readouts concatenated
 
 
@@ -87,9 +85,12 @@ class OnlineMonitor:
                                  f"(monitor.data) needs one label per clip")
         names = sorted({item.labels[0] for item in fit})
         unknown = sorted({item.labels[0] for item in test} - set(names))
-        if len(names) < 2 or unknown:
-            raise InputError(f"{source}: the monitor's fitting clips need at least 2 labels and every test "
-                             f"label ({unknown[:3] or names}); check monitor.data and monitor.test")
+        if len(names) < 2:
+            raise InputError(f"{source}: the online monitor's fitting clips carry {len(names)} label(s); it needs "
+                             f"at least 2 (check monitor.data)")
+        if unknown:
+            raise InputError(f"{source}: the online monitor scores labels its fitting clips never show "
+                             f"({', '.join(unknown[:3])}); check monitor.data and monitor.test")
         index = {name: i for i, name in enumerate(names)}
         self.num_classes = len(names)
         self.groups = [item.group for item in fit]

@@ -84,3 +84,11 @@ def test_a_run_logs_the_monitor_at_its_interval_and_computes_the_same_losses_wit
     assert "monitor/teacher/linear_freq" in tags and "monitor/student/knn" in tags
     assert not any(k.startswith("monitor/") for row in read_log(plain) for k in row)
     assert np.isfinite([row["time/seconds_per_step"] for row in rows if "time/seconds_per_step" in row]).all()
+
+
+def test_labels_the_fitting_clips_never_show_are_refused_by_name():
+    fit = [AudioItem("a.wav", ("x",)), AudioItem("b.wav", ("y",))]
+    with pytest.raises(InputError, match="never show \\(z\\)"):
+        OnlineMonitor(fit, [AudioItem("c.wav", ("z",))], None, 96, MonitorConfig(), 0, "labels.csv")
+    with pytest.raises(InputError, match="carry 1 label"):
+        OnlineMonitor(fit[:1], fit[:1], None, 96, MonitorConfig(), 0, "labels.csv")
