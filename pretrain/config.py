@@ -38,11 +38,12 @@ class TrainConfig:
     warmup_frac: float = 0.1
     weight_decay: float = 0.04  # cosine to weight_decay_end
     weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996  # EMA momentum, cosine to 1.0
-    # The teacher's horizon sized to the run: its EMA half-life (ln 0.5 / ln m steps) as a fraction of
-    # the planned steps, from which the starting momentum is derived instead of momentum_teacher. A
-    # fixed momentum leaves a long run's teacher as fast as a short run's (0.996: 173 steps); a fixed
-    # fraction keeps the teacher's lag the same share of any run. null: momentum_teacher as given.
+    # The teacher's EMA momentum at the start (cosine to 1.0), given either as is or as a horizon sized to
+    # the run: teacher_half_life is its half-life (ln 0.5 / ln m steps) as a fraction of the planned
+    # steps. A fixed momentum gives a long run's teacher the lag of a short run's (0.996: 173 steps,
+    # 39% of a 448-step run, 0.2% of 100k steps); a fixed fraction keeps it the same share of any run,
+    # so a short trial run ranks variants as the long run would. Set exactly one of the two.
+    momentum_teacher: float | None = 0.996
     teacher_half_life: float | None = None
     clip_grad: float = 3.0  # 0 disables clipping
     freeze_last_layer_epochs: int = 1
@@ -58,6 +59,9 @@ class TrainConfig:
 
 
     def __post_init__(self):
+        if (self.momentum_teacher is None) == (self.teacher_half_life is None):
+            raise ValueError("set exactly one of train.momentum_teacher and train.teacher_half_life (the other "
+                             f"null); got {self.momentum_teacher} and {self.teacher_half_life}")
         if self.teacher_half_life is not None and not 0 < self.teacher_half_life <= 1:
             raise ValueError(f"train.teacher_half_life is a fraction of the run, in (0, 1]; got {self.teacher_half_life}")
 

@@ -76,7 +76,7 @@ def test_a_teacher_horizon_is_the_same_share_of_a_short_run_and_of_a_long_one():
     from pretrain.train import Schedules
 
     for steps in (448, 2464, 100_000):
-        cfg = load_config(PretrainConfig, None, ["train.teacher_half_life=0.07"])
+        cfg = load_config(PretrainConfig, None, ["train.teacher_half_life=0.07", "train.momentum_teacher=null"])
         m = Schedules(cfg, steps, 32).momentum[0]
         assert m ** (0.07 * steps) == pytest.approx(0.5)  # half the weight is older than 7% of the run
     # 7% of the laptop recipe's 2464 steps is about the paper's 0.996 (half-life 173 steps).
@@ -84,4 +84,7 @@ def test_a_teacher_horizon_is_the_same_share_of_a_short_run_and_of_a_long_one():
     fixed = load_config(PretrainConfig, None, [])
     assert Schedules(fixed, 448, 32).momentum[0] == Schedules(fixed, 2464, 32).momentum[0] == 0.996
     with pytest.raises(ConfigError, match="teacher_half_life"):
-        load_config(PretrainConfig, None, ["train.teacher_half_life=0"])
+        load_config(PretrainConfig, None, ["train.teacher_half_life=0", "train.momentum_teacher=null"])
+    # Both set would silently ignore one of them: refused, naming both.
+    with pytest.raises(ConfigError, match="exactly one of train.momentum_teacher and train.teacher_half_life"):
+        load_config(PretrainConfig, None, ["train.teacher_half_life=0.07"])
