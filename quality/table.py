@@ -112,7 +112,9 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve:
         lines.append("")
     lines += ["## Experiments", "", "Each row changes the recipe of its time as said (overrides of "
               "`configs/pretrain/tiny.yaml`, or of the probe); seeds in brackets. Each task: asit teacher / "
-              "random init with the row's probe (fbank stats, which no row changes: "
+              "random init with the row's probe, and in brackets the same two read by frequency row (mean and std "
+              "over time of each row of patch tokens), seeds named where not all have it (fbank stats, which no "
+              "row changes: "
               + ", ".join(f"{t} {mean_std([r['tasks'][t]['fbank_stats'] for rs in results.values() for r in rs])}"
                           for t in TASKS) + ").", "",
               "| experiment | change | steps | min | " + " | ".join(TASKS) + " |",
@@ -122,11 +124,14 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve:
         rows = results.get(name)
         if not rows:
             continue
+        def freq_cell(task: str) -> str:  # the frequency readout, of the seeds that have it
+            have = [r for r in rows if FREQ in r["tasks"][task]]
+            seeds = "" if len(have) == len(rows) else f" [{','.join(str(r['seed']) for r in have)}]"
+            return (f" (freq{seeds} {mean_std([r['tasks'][task][FREQ]['asit'] for r in have])} / "
+                    f"{mean_std([r['tasks'][task][FREQ]['random_init'] for r in have])})") if have else ""
+
         scores = " | ".join(f"{mean_std([r['tasks'][t]['asit'] for r in rows])} / "
-                            f"{mean_std([r['tasks'][t]['random_init'] for r in rows])}"
-                            + (f" (freq {mean_std([r['tasks'][t][FREQ]['asit'] for r in rows])} / "
-                               f"{mean_std([r['tasks'][t][FREQ]['random_init'] for r in rows])})"
-                               if all(FREQ in r["tasks"][t] for r in rows) else "") for t in TASKS)
+                            f"{mean_std([r['tasks'][t]['random_init'] for r in rows])}{freq_cell(t)}" for t in TASKS)
         minutes = mean_std([r["pretrain_seconds"] / 60 for r in rows])
         if "machine" in rows[0]:
             minutes += f" ({rows[0]['machine']})"
