@@ -14,6 +14,7 @@ monitor on or off.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from .frozen import knn_scores, validation_folds
 from .runtime import autocast
 from .sources import AudioItem, list_audio
 from .vit import pool_tokens
+
+log = logging.getLogger("asit")
 
 READOUTS = {"": ("cls", "mean"), "_freq": ("freq",)}  # log-key suffix -> the pooled readouts concatenated
 
@@ -107,8 +110,16 @@ class OnlineMonitor:
             return None
         items = list_audio(source, labels_from_folders=True)
         fit, test = (items, list_audio(cfg.test, labels_from_folders=True)) if cfg.test else split_half(items, seed)
-        return cls(evenly(fit, cfg.max_clips), evenly(test, cfg.max_clips), frontend, num_frames, cfg, seed,
-                   source)
+        try:
+            return cls(evenly(fit, cfg.max_clips), evenly(test, cfg.max_clips), frontend, num_frames, cfg, seed,
+                       source)
+        except InputError as e:
+            if cfg.data:  # the user's labelled set: their mistake to fix
+                raise
+            # The embedded set is the run's default, not the user's choice: too few clips to split into
+            # two halves with the same sound kinds must not stop the training.
+            log.warning("no online monitor: %s", e)
+            return None
 
     @torch.no_grad()
     def embed(self, backbone: torch.nn.Module, device: torch.device, amp: torch.dtype | None,

@@ -58,7 +58,8 @@ def build_pretrainer(folder: Path, overrides: list[str] = (), config: str | None
     from pretrain.train import Pretrainer
 
     cfg = load_config(PretrainConfig, config and str(ROOT / config), [
-        "data.num_workers=0", f"data.cache_dir={folder / 'cache'}", f"output_dir={folder / 'run'}", *overrides])
+        "data.num_workers=0", f"data.cache_dir={folder / 'cache'}", f"output_dir={folder / 'run'}",
+        "monitor.every_steps=0", *overrides])  # the step alone: no online evaluation
     cfg.data.synthetic_clips = 2 * cfg.train.batch_size  # two steps an epoch: the step of epoch 2 exists
     return Pretrainer(cfg)
 

@@ -92,3 +92,14 @@ def test_labels_the_fitting_clips_never_show_are_refused_by_name():
         OnlineMonitor(fit, [AudioItem("c.wav", ("z",))], None, 96, MonitorConfig(), 0, "labels.csv")
     with pytest.raises(InputError, match="carry 1 label"):
         OnlineMonitor(fit[:1], fit[:1], None, 96, MonitorConfig(), 0, "labels.csv")
+
+
+def test_an_embedded_set_too_small_to_split_runs_without_a_monitor_and_a_user_s_set_is_refused(tmp_path, caplog):
+    from asit.features import FrontEndConfig
+    from asit.synthetic import LABELS_FILE, ensure_synthetic_dataset
+
+    labels = str(ensure_synthetic_dataset(tmp_path, num_clips=4) / LABELS_FILE)  # 4 kinds: no half holds them all
+    assert OnlineMonitor.from_config(MonitorConfig(), labels, FrontEndConfig(), 96, 0) is None
+    assert "no online monitor" in caplog.text
+    with pytest.raises(InputError, match="never show"):
+        OnlineMonitor.from_config(MonitorConfig(data=labels), None, FrontEndConfig(), 96, 0)

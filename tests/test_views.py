@@ -87,7 +87,9 @@ def test_too_little_data_for_one_batch_is_an_error():
 
 def test_precision_choice_per_device(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert resolve_precision("auto", cpu) is torch.bfloat16
+    # bf16 on a CPU only where its matmuls are native (the flags given here, not this machine's)
+    assert resolve_precision("auto", cpu, frozenset({"avx512_bf16"})) is torch.bfloat16
+    assert resolve_precision("auto", cpu, frozenset({"avx2", "fma"})) is None
     assert resolve_precision("fp32", cpu) is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_precision("auto", gpu) is torch.float16  # older GPUs: fp16 with a grad scaler
