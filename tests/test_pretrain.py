@@ -49,7 +49,7 @@ def test_pretraining_on_real_audio_learns_and_the_monitor_sees_collapse(fsdd, tm
     data = fsdd_subset(fsdd, tmp_path, 256)
     out = tmp_path / "run"
     cfg = config(f"data.train={data}", f"output_dir={out}", "train.batch_size=16", "train.epochs=3",
-                 "train.lr=0.016", "train.precision=bf16", "train.momentum_teacher=0.99",
+                 "train.lr=0.016", "train.momentum_teacher=0.99",
                  f"model.head_batchnorm={head_batchnorm}")
     pretrain(cfg)
     log = read_log(out)
