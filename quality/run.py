@@ -8,6 +8,7 @@ results/quality/<name>-seed<k>.json     what the table reads: scores, budget, ti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -29,6 +30,10 @@ PROBE_CONFIG = "configs/quality/probe.yaml"
 # row of the last block's patch tokens pooled over time (mean and std), standardised, the same probe.
 FREQ = "freq"
 FREQ_PROBE = ("finetune.features=freq_std",)
+# Pretraining settings that leave the backbone's architecture and input alone: the random backbone and the
+# fbank statistics of a run that only changes these score as the recipe's did, and are probed once.
+TRAINING_ONLY = ("train.", "loss.", "gmml.", "monitor.", "model.head_", "model.global_out_dim",
+                 "model.local_out_dim")
 
 
 def call(args: list[str], log: Path) -> float:
@@ -86,22 +91,36 @@ def run(exp: Experiment, seed: int, freq: bool = True) -> dict:
                "machine": previous.get("machine") or f"{os.cpu_count()} cores, {cpu_name()}"}
     for task in tasks:
         if task.name not in result["tasks"]:
-            result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed, exp.probe)
+            result["tasks"][task.name] = evaluate(task, backbone, out / task.name, seed, exp.probe,
+                                                  reference_file(task, seed, exp.probe, result["overrides"]))
             save(result, result_path)
         if freq and FREQ not in result["tasks"][task.name] and not exp.probe:
             result["tasks"][task.name][FREQ] = evaluate(task, backbone, out / f"{task.name}-{FREQ}", seed,
-                                                        FREQ_PROBE)
+                                                        FREQ_PROBE,
+                                                        reference_file(task, seed, FREQ_PROBE, result["overrides"]))
             save(result, result_path)
     save(result, result_path)
     return result
 
 
-def evaluate(task: Task, backbone: Path, out: Path, seed: int, probe: tuple[str, ...] = ()) -> dict:
-    """The frozen probe of `backbone` on `task`: test accuracy of it and of the references, in %."""
+def reference_file(task: Task, seed: int, probe: tuple[str, ...], overrides: list[str]) -> Path:
+    """Where the references' scores of a probe are kept: one file per task, seed, probe and the pretraining
+    overrides that shape the backbone or its input (a new patch shape, say, gets its own random backbone)."""
+    shaping = sorted(o for o in overrides if not o.startswith(TRAINING_ONLY))
+    digest = hashlib.sha1(json.dumps([list(probe), shaping]).encode()).hexdigest()[:12]
+    return RUNS / "references" / f"{task.name}-seed{seed}-{digest}.json"
+
+
+def evaluate(task: Task, backbone: Path, out: Path, seed: int, probe: tuple[str, ...] = (),
+             references: Path | None = None) -> dict:
+    """The frozen probe of `backbone` on `task`: test accuracy of it and of the references, in %; the
+    references are probed once and read from `references` afterwards."""
+    known = json.loads(references.read_text()) if references and references.is_file() else None
     args = [sys.executable, "-m", "finetune", "--config", PROBE_CONFIG, *task.overrides, *probe,
             f"model.init={backbone}", f"output_dir={out}", f"seed={seed}",
             # The random backbone and fbank references depend on the task and seed only: embedded once.
-            f"finetune.embedding_cache={RUNS / 'embeddings' / f'{task.name}-seed{seed}.pt'}"]
+            f"finetune.embedding_cache={RUNS / 'embeddings' / f'{task.name}-seed{seed}.pt'}",
+            *(["finetune.baselines=false"] if known else [])]
     seconds = call(args, out.with_suffix(".log"))
     metrics = json.loads((out / "metrics.json").read_text())
     part = "val" if metrics.get("cv") else "test"  # in cross-validation each held-out fold is "val"
@@ -109,8 +128,11 @@ def evaluate(task: Task, backbone: Path, out: Path, seed: int, probe: tuple[str,
     def accuracy(row: dict) -> float:
         return round(100 * row[part]["accuracy"], 2)
 
-    scores = {"asit": accuracy(metrics), **{name: accuracy(row) for name, row in metrics["baselines"].items()},
-              "seconds": round(seconds, 1)}
+    if known is None:
+        known = {name: accuracy(row) for name, row in metrics["baselines"].items()}
+        if references:
+            save(known, references)
+    scores = {"asit": accuracy(metrics), **known, "seconds": round(seconds, 1)}
     if "layers" in metrics:
         scores["layers"] = {name: accuracy(row) for name, row in metrics["layers"].items()}
     return scores

@@ -85,3 +85,16 @@ def test_the_verdict_says_which_target_failed(tmp_path, asit, freq, verdict):
     assert f"fsdd: {verdict}" in table
     # Fine-tuning is not measured yet, so the whole target is never won.
     assert "Not won at this budget" in table
+
+
+def test_references_are_shared_by_runs_that_only_change_training():
+    from quality.run import FREQ_PROBE, reference_file
+    from quality.tasks import Task
+
+    task = Task("fsdd", "", 10, ())
+    recipe = reference_file(task, 0, (), ["train.epochs=4"])
+    assert reference_file(task, 0, (), ["train.epochs=4", "loss.w_rec=5", "gmml.copies=2",
+                                        "model.head_hidden_dim=256"]) == recipe
+    assert reference_file(task, 0, (), ["train.epochs=2", "model.patch_size=[16,8]"]) != recipe
+    assert reference_file(task, 0, FREQ_PROBE, ["train.epochs=4"]) != recipe
+    assert reference_file(task, 1, (), ["train.epochs=4"]) != recipe
