@@ -15,11 +15,15 @@ from $ASIT_CKPT and this module is the encoder file:
 
 What each embedding is (D, the ViT width: 192 tiny, 384 small, 768 base):
 - timestamp [n, T, D]: the last block's patch tokens after the final norm (the tokens `ASTModel.embed`
-  reads), averaged over the frequency rows of each time column of patches. One embedding per patch
-  column, so one every `hop_size_in_ms` = the time stride x frame_shift (160 ms for a pretrained backbone,
-  100 ms for an AST classifier with stride 10), one for each patch_stride frames that hold audio. Its
-  timestamp is the centre of the frames the column covers: column c covers frames [cS, cS + P), frame k
-  covers [k shift, k shift + frame_length) ms, so t_c = c S shift + ((P - 1) shift + frame_length) / 2.
+  reads), averaged over the frequency rows of each time column of patches (`column_embeddings`). Column c
+  covers frames [cS, cS + P), frame k covers [k shift, k shift + frame_length) ms, so its centre is
+  c S shift + ((P - 1) shift + frame_length) / 2: one column every S x shift ms (160 ms for a pretrained
+  backbone, 100 ms for an AST classifier with stride 10). HEAR scores events within 50 ms and its
+  validator wants timestamps evenly spaced and inside the audio, which column centres are not (the last
+  one can lie past the end), so the embeddings are read at t = 0, h, 2h, ... up to the audio's duration,
+  with h = `hop_size_in_ms` the column spacing divided into steps of at most 50 ms (40 ms and 50 ms for
+  those two): each is the linear interpolation of the two columns whose centres surround it (the first
+  or last column beyond them).
 - scene [n, 2D]: `asit embed --pool token` and `--pool mean` concatenated: (cls + dist) / 2 (the class
   token for a backbone) and the mean of the patch tokens, after the final norm, averaged over the
   windows `asit embed` scores (`clip_windows`: hop half a window, the last one ending at the clip's end).
@@ -31,6 +35,7 @@ X-ARES batch of 10-minute clips fits in memory.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from itertools import islice
@@ -47,6 +52,8 @@ from .cli import BATCH
 from .errors import InputError
 from .features import FrontEndConfig, clip_fbank, clip_windows, fit_frames, normalise
 
+MAX_HOP_MS = 50.0  # HEAR's validator suggests at most 50 ms between timestamps: its event tolerance
+
 
 class HearModel(nn.Module):
     """An asit model and its front end, with the attributes HEAR reads."""
@@ -59,7 +66,8 @@ class HearModel(nn.Module):
         self.sample_rate = frontend.sample_rate
         self.timestamp_embedding_size = width
         self.scene_embedding_size = 2 * width
-        self.hop_size_in_ms = model.cfg.stride[1] * frontend.frame_shift_ms
+        self.column_ms = model.cfg.stride[1] * frontend.frame_shift_ms  # between patch columns
+        self.hop_size_in_ms = self.column_ms / math.ceil(self.column_ms / MAX_HOP_MS)  # between timestamps
 
     @property
     def device(self) -> torch.device:
@@ -83,8 +91,26 @@ def load_model(model_file_path: str = "") -> HearModel:
 
 @torch.inference_mode()
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """audio [n, samples] -> (embeddings [n, T, D], timestamps_ms [n, T]); see the module docstring."""
+    """audio [n, samples] -> (embeddings [n, T, D], timestamps_ms [n, T]): T evenly spaced stamps from 0 to
+    the audio's duration, `model.hop_size_in_ms` apart; see the module docstring."""
     audio = _checked(audio, model.device)
+    columns, centres = column_embeddings(audio, model)
+    duration = 1000 * audio.shape[1] / model.sample_rate
+    # In float64: the stamp count must not lose the last stamp to rounding (duration a multiple of the hop).
+    times = torch.arange(math.floor(duration / model.hop_size_in_ms + 1e-9) + 1, dtype=torch.float64,
+                         device=audio.device) * model.hop_size_in_ms
+    position = ((times - centres[0]) / model.column_ms).clamp(0, len(centres) - 1)  # in columns
+    left = position.floor().long().clamp(max=max(0, len(centres) - 2))
+    right = (left + 1).clamp(max=len(centres) - 1)
+    weight = (position - left)[None, :, None].float()
+    embeddings = torch.lerp(columns[:, left], columns[:, right], weight)
+    return embeddings, times.float().expand(len(audio), -1).clone()
+
+
+@torch.inference_mode()
+def column_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """audio [n, samples] (checked) -> (embeddings [n, C, D], centres_ms [C] in float64): one per patch
+    column that starts on a frame of audio, at the centre of the frames it covers."""
     ast, frontend = model.model, model.frontend
     size, stride = ast.cfg.patch[1], ast.cfg.stride[1]  # in time
     frames_per_window = ast.cfg.num_frames
@@ -119,8 +145,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     embeddings = torch.cat(pieces).view(len(audio), columns, -1)
     shift = frontend.frame_shift_ms
     centre = ((size - 1) * shift + frontend.frame_length_ms) / 2
-    times = torch.arange(columns, device=audio.device) * (stride * shift) + centre
-    return embeddings, times.expand(len(audio), -1).clone()
+    return embeddings, torch.arange(columns, dtype=torch.float64, device=audio.device) * model.column_ms + centre
 
 
 @torch.inference_mode()
@@ -138,7 +163,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
 class AsitEncoder(nn.Module):
     """The X-ARES encoder contract: `sampling_rate`, `output_dim`, `hop_size_in_ms`, `device`, and
     `encoder(audio [B, T], sample_rate=None)` -> [B, T', D], the HEAR timestamp embeddings (T' =
-    ceil(frames / patch_stride), about duration / hop_size_in_ms). Audio at another rate is resampled;
+    1 + floor(duration / hop_size_in_ms)). Audio at another rate is resampled;
     inputs of any length (10 minutes and more) are windowed as `get_timestamp_embeddings` does.
 
     X-ARES instantiates the class with no arguments (and requires it to be the only name ending in

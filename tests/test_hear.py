@@ -85,23 +85,64 @@ def test_the_model_carries_the_attributes_hear_reads(checkpoints):
     for m in (classifier, backbone):
         assert isinstance(m, torch.nn.Module) and m.sample_rate == RATE
         assert (m.timestamp_embedding_size, m.scene_embedding_size) == (192, 384)
-    assert (classifier.hop_size_in_ms, backbone.hop_size_in_ms) == (100, 160)  # patch stride x 10 ms
+    assert (classifier.column_ms, backbone.column_ms) == (100, 160)  # patch stride x 10 ms
+    assert (classifier.hop_size_in_ms, backbone.hop_size_in_ms) == (50, 40)  # at most HEAR's 50 ms
 
 
 @pytest.mark.parametrize("seconds", SECONDS)
-def test_timestamp_embeddings_have_one_evenly_spaced_column_per_patch_stride(model, clips, seconds):
+def test_one_column_per_patch_stride_at_the_centre_of_its_frames(model, clips, seconds):
     audio = clips[seconds]
-    emb, times = hear.get_timestamp_embeddings(audio, model)
+    emb, centres = hear.column_embeddings(audio, model)
 
     stride = model.model.cfg.patch_stride
     columns = math.ceil(model.frontend.frames_in(audio.shape[1]) / stride)  # every column with audio in it
-    assert emb.shape == (2, columns, model.timestamp_embedding_size) and times.shape == (2, columns)
-    assert abs(columns - seconds * 1000 / model.hop_size_in_ms) <= 1  # what X-ARES assumes of hop_size_in_ms
+    assert emb.shape == (2, columns, model.timestamp_embedding_size) and centres.shape == (columns,)
     assert torch.isfinite(emb).all() and not torch.allclose(emb[0], emb[1])
-    # the centre of column c's frames [10c, 10c + 16) (stride 10): 10c * 10 ms + (15 * 10 + 25) / 2
-    expected = torch.arange(columns) * model.hop_size_in_ms + (15 * 10 + 25) / 2
-    torch.testing.assert_close(times, expected.expand(2, -1))
-    assert (times.diff(dim=1) > 0).all() and times[0, -1] < seconds * 1000 + model.hop_size_in_ms
+    # the centre of column c's frames [Sc, Sc + 16): Sc * 10 ms + (15 * 10 + 25) / 2
+    expected = torch.arange(columns, dtype=torch.float64) * model.column_ms + (15 * 10 + 25) / 2
+    torch.testing.assert_close(centres, expected)
+
+
+def hear_validator_rules(times: np.ndarray, length: float) -> None:
+    """What hear-validator 2021.0.6 demands of the timestamps of `length` seconds of audio, its warnings
+    included: evenly spaced (within 1 ms), at most 50 ms apart, the first within one step of the start,
+    the last inside the audio and within one step (and 50 ms) of its end."""
+    assert times.ndim == 2 and (times == times[0]).all()
+    if times.shape[1] > 1:
+        diff = np.diff(times)
+        step = diff.mean()
+        assert diff.max() <= 50.0 and np.abs(diff - step).max() <= 1, "uneven or coarse spacing"
+        assert times.min() <= step, f"timestamps begin at {times.min()} ms"
+        assert times.max() >= 1000 * length - step and times.max() >= 1000 * length - 50, \
+            f"timestamps end at {times.max()} ms, long before the {1000 * length} ms of audio"
+    assert times.max() <= 1000 * length, f"timestamps end at {times.max()} ms, past the {1000 * length} ms of audio"
+
+
+# The validator's lengths (1.07, 1.98, 4.0 s), lengths that end on and just off a step, and a spread
+# from 0.1 s to a minute.
+LENGTHS = sorted({1.07, 1.98, 4.0, 0.04, 0.1, 0.16, 0.2, 1.0, 2.0, 2.74, 10.0, 60.0,
+                  *np.round(np.geomspace(0.1, 20, 12), 4).tolist()})
+
+
+@pytest.mark.parametrize("name", ["classifier", "backbone"])  # patch stride 10 and 16
+def test_timestamps_pass_hear_validator_rules_at_every_length(checkpoints, name):
+    model = hear.load_model(checkpoints[name])
+    for length in LENGTHS:
+        audio = 0.1 * torch.randn(1, int(length * RATE), generator=torch.Generator().manual_seed(0))
+        emb, times = hear.get_timestamp_embeddings(audio, model)
+        assert emb.shape[:2] == times.shape and times.shape[1] == 1 + math.floor(audio.shape[1] / RATE * 1000
+                                                                                / model.hop_size_in_ms + 1e-9)
+        hear_validator_rules(times.numpy(), length)
+
+
+def test_stamps_between_column_centres_interpolate_the_columns(model, clips):
+    audio = clips[1.0]
+    emb, times = hear.get_timestamp_embeddings(audio, model)
+    columns, centres = hear.column_embeddings(audio, model)
+    for clip in range(2):
+        for d in (0, 7, 100):  # np.interp: linear between centres, the end values beyond them
+            expected = np.interp(times[clip].numpy(), centres.numpy(), columns[clip, :, d].numpy())
+            np.testing.assert_allclose(emb[clip, :, d].numpy(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_embeddings_are_deterministic_and_independent_of_the_batch(model, clips):
@@ -124,7 +165,7 @@ def columns_of(model, windows):
 @torch.no_grad()
 def test_a_clip_in_one_window_reads_exactly_asit_s_features(model, clips):
     wave = clips[0.5][0]
-    emb, _ = hear.get_timestamp_embeddings(wave[None], model)
+    emb, _ = hear.column_embeddings(wave[None], model)
     direct = columns_of(model, clip_windows(wave, model.frontend, model.model.cfg.num_frames))[0]
     torch.testing.assert_close(emb[0], direct[:emb.shape[1]], atol=1e-5, rtol=1e-5)
 
@@ -132,7 +173,7 @@ def test_a_clip_in_one_window_reads_exactly_asit_s_features(model, clips):
 @torch.no_grad()
 def test_long_audio_is_stitched_from_central_columns_of_windows_on_the_patch_grid(model, clips):
     wave = clips[30.0][0][:4 * RATE]  # 4 s: several windows of either model
-    emb, _ = hear.get_timestamp_embeddings(wave[None], model)
+    emb, _ = hear.column_embeddings(wave[None], model)
     cfg, n = model.model.cfg, model.model.cfg.num_frames
     spec = clip_fbank(wave, model.frontend)
     padded = normalise(fit_frames(spec, spec.shape[1] + n), model.frontend)  # the tail, padded as fit_frames
@@ -212,11 +253,11 @@ def test_the_x_ares_contract(checkpoints, monkeypatch):
     """The same contract checked without xares: attributes, [B, T', D] with T' ~ duration / hop, resampling."""
     encoder = hear.AsitEncoder(checkpoints["classifier"])
     assert encoder.device == torch.device("cpu") and encoder.sampling_rate == RATE
-    assert (encoder.output_dim, encoder.hop_size_in_ms) == (192, 100)
+    assert (encoder.output_dim, encoder.hop_size_in_ms) == (192, 50)
 
     audio = torch.stack([synthetic(3.125, 0), synthetic(3.125, 1)])
     out = encoder(audio)
-    assert out.shape == (2, 32, 192) and torch.equal(out, encoder(audio, RATE))  # 3125 ms / 100 ms -> 32
+    assert out.shape == (2, 63, 192) and torch.equal(out, encoder(audio, RATE))  # 0, 50, ..., 3100 ms
     torch.testing.assert_close(out, hear.get_timestamp_embeddings(audio, encoder.model)[0])
 
     at_32k = torch.stack([synthetic(3.125, 0), synthetic(3.125, 1)]).repeat_interleave(2, dim=1)
@@ -233,4 +274,4 @@ def test_the_encoder_takes_ten_minutes_of_audio(checkpoints):
     encoder = hear.AsitEncoder(checkpoints["backbone"])
     audio = 0.1 * torch.randn(1, 600 * RATE, generator=torch.Generator().manual_seed(0))
     out = encoder(audio)
-    assert out.shape == (1, math.ceil(59998 / 16), 192) and torch.isfinite(out).all()  # 600 s / 160 ms
+    assert out.shape == (1, 15001, 192) and torch.isfinite(out).all()  # 0, 40, ..., 600000 ms

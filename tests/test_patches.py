@@ -93,7 +93,7 @@ def test_pretraining_with_time_patches_records_them_and_fine_tuning_adopts_them(
 
 def test_hear_stamps_every_time_stride_and_hugging_face_refuses_a_patch_it_cannot_hold(pretrained, tmp_path):
     model = hear.load_model(str(pretrained / "teacher_backbone.pt"))
-    assert model.hop_size_in_ms == 40.0
+    assert model.column_ms == model.hop_size_in_ms == 40.0  # a 4-frame time stride: fine enough for HEAR
     emb, stamps = hear.get_timestamp_embeddings(torch.randn(1, 16000) * 0.1, model)
     assert emb.shape[1] == stamps.shape[1] and torch.allclose(stamps.diff(), torch.tensor(40.0))
     from asit.hf import export_hf
