@@ -275,3 +275,42 @@ def test_the_encoder_takes_ten_minutes_of_audio(checkpoints):
     audio = 0.1 * torch.randn(1, 600 * RATE, generator=torch.Generator().manual_seed(0))
     out = encoder(audio)
     assert out.shape == (1, 15001, 192) and torch.isfinite(out).all()  # 0, 40, ..., 600000 ms
+
+
+def test_soundfile_decodes_what_x_ares_tars_hold(tmp_path):
+    from asit.xares_run import soundfile_audio
+
+    wave = synthetic(0.5, 0).numpy()
+    sf.write(str(tmp_path / "a.wav"), wave, RATE, subtype="FLOAT")
+    audio, rate = soundfile_audio("wav", (tmp_path / "a.wav").read_bytes())
+    assert rate == RATE and audio.shape == (1, len(wave)) and audio.dtype == torch.float32
+    np.testing.assert_array_equal(audio[0].numpy(), wave)
+    assert soundfile_audio("json", b"{}") is None  # not audio: left to the next decoder
+
+
+def test_x_ares_runs_end_to_end_on_a_cpu_without_ffmpeg(checkpoints, tmp_path, monkeypatch):
+    """python -m asit.xares_run on a small local task: encoded, the MLP and k-NN scored (X-ARES's own
+    loader, which decodes with torchaudio, would skip every clip without FFmpeg)."""
+    pytest.importorskip("xares", reason="needs `pip install xares` (a dev dependency)")
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    from hear_tasks import split_of
+    from xares_commands_task import build
+
+    speakers = {split_of(f"s{i}"): f"s{i}" for i in range(40)}  # one speaker per split
+    source = tmp_path / "words"
+    for k, word in enumerate(["low", "mid", "high"]):
+        for speaker in speakers.values():
+            for n in range(4):
+                path = source / word / f"{speaker}_nohash_{n}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(str(path), synthetic(0.5, k).numpy() * (0.5 + 0.1 * n), RATE)
+    build(source, tmp_path / "env")
+    monkeypatch.setenv("ASIT_XARES_ENV", str(tmp_path / "env"))
+    monkeypatch.setenv("ASIT_CKPT", checkpoints["backbone"])
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    from asit import xares_run
+    xares_run.main(["asit/hear.py", "scripts/xares_commands_task.py"])  # X-ARES takes paths from the root
+    scores = tmp_path / "env" / "commands" / "checkpoints" / "AsitEncoder"
+    mlp = float((scores / "mlp_score.txt").read_text().split()[0])
+    assert 0 <= mlp <= 1 and (scores / "knn_score.txt").is_file()
