@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    # One-dimensional parameters are biases and LayerNorm scales: decaying them only hurts (DINO, MAE).
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def param_groups(model: nn.Module, lr_scale: Callable[[str], float] | None = None) -> list[dict]:
+    """The parameters in groups of one decay flag and one learning-rate scale (`lr_scale(name)`, 1 for
+    all without it): one-dimensional parameters are biases and LayerNorm scales, and decaying them only
+    hurts (DINO, MAE)."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "decay": True}, {"params": no_decay, "decay": False}]
+            groups.setdefault((p.ndim > 1, lr_scale(name) if lr_scale else 1.0), []).append(p)
+    return [{"params": params, "decay": decay, "lr_scale": scale} for (decay, scale), params in groups.items()]
 
 
-def build_adamw(model: nn.Module) -> torch.optim.AdamW:
+def build_adamw(model: nn.Module, lr_scale: Callable[[str], float] | None = None) -> torch.optim.AdamW:
     # The fused kernel (CPU and CUDA): the same update as the per-tensor loop, in one pass over the weights.
-    return torch.optim.AdamW(param_groups(model), lr=0.0, weight_decay=0.0, fused=True)
+    return torch.optim.AdamW(param_groups(model, lr_scale), lr=0.0, weight_decay=0.0, fused=True)
 
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = float(lr)  # a numpy scalar would make the checkpoint unloadable with weights_only
+        # float(): a numpy scalar would make the checkpoint unloadable with weights_only
+        group["lr"] = float(lr) * group.get("lr_scale", 1.0)  # checkpoints from before the scale
         group["weight_decay"] = float(weight_decay) if group["decay"] else 0.0
 
 

@@ -82,6 +82,10 @@ class TrainConfig:
     decay_every: int = 5
     decay_gamma: float = 0.5
     weight_decay: float = 5e-7  # AST's; biases and norms are never decayed
+    # Layer-wise learning-rate decay (BEiT, MAE, data2vec fine-tune so): the head and final norm at
+    # train.lr, each block below at this factor times the one above, the embeddings at factor^(depth+1).
+    # 1 (AST's recipe): one rate for all. Below 1 keeps pretrained lower blocks close to where they start.
+    layer_decay: float = 1.0
     clip_grad: float = 0.0  # 0 disables clipping
     # auto: cross-entropy for single-label, BCE for multi-label data. AST trains Speech Commands with BCE.
     loss: Literal["auto", "ce", "bce"] = "auto"
@@ -102,6 +106,8 @@ class TrainConfig:
             raise ValueError("train.epochs and train.batch_size must be at least 1")
         if self.average_last < 0:
             raise ValueError(f"train.average_last must be >= 0, got {self.average_last}")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,23 @@ from .evaluate import report, score, scores_from_logits, selection_metric
 from .model import build_model
 
 log = logging.getLogger("asit")
+
+
+def layer_lr_scale(depth: int, decay: float) -> Callable[[str], float]:
+    """Parameter name -> its learning-rate factor under layer-wise decay: decay^(depth + 1 - layer), where
+    the embeddings (patches, positions, tokens) are layer 0, block i is i + 1, the final norm and the head
+    depth + 1."""
+
+    def scale(name: str) -> float:
+        if name.startswith("backbone.blocks."):
+            layer = int(name.split(".")[2]) + 1
+        elif name.startswith("backbone.") and not name.startswith("backbone.norm"):
+            layer = 0
+        else:
+            layer = depth + 1
+        return decay ** (depth + 1 - layer)
+
+    return scale
 
 
 def lr_schedule(t: TrainConfig, steps_per_epoch: int) -> np.ndarray:
@@ -74,7 +92,8 @@ class Finetuner:
         self.lr = lr_schedule(t, self.steps_per_epoch)
         self.bce = t.loss == "bce" or (t.loss == "auto" and labels.multilabel)
         self.key = selection_metric(labels.multilabel)
-        self.optimizer = build_adamw(self.model)
+        depth = len(self.model.backbone.blocks)
+        self.optimizer = build_adamw(self.model, layer_lr_scale(depth, t.layer_decay) if t.layer_decay < 1 else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         # Model selection and weight averaging, carried across a resume by last.pt.

@@ -55,3 +55,26 @@ def test_rgb_image_vit_state_dict_initialises_the_backbone(tmp_path):
     assert torch.allclose(model.backbone.patch_embed.proj.weight, image.patch_embed.proj.weight.mean(1, keepdim=True))
     assert frontend == FrontEndConfig()  # nothing recorded, nothing adopted
     assert model(torch.zeros(2, 1, 128, 64)).shape == (2, 5)
+
+
+def test_layer_decay_scales_each_block_s_rate_by_its_depth_from_the_top():
+    from asit.ast_model import ASTConfig, ASTModel
+    from asit.optim import build_adamw, set_hyperparameters
+    from finetune.train import layer_lr_scale
+
+    model = ASTModel(ASTConfig("tiny", 3, num_frames=96))
+    optimizer = build_adamw(model, layer_lr_scale(12, 0.5))
+    set_hyperparameters(optimizer, 1e-3, 0.05)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert len(lr_of) == len(params)  # every parameter in exactly one group
+    expected = {"head.1.weight": 1e-3, "backbone.norm.weight": 1e-3, "backbone.blocks.11.attn.qkv.weight": 5e-4,
+                "backbone.blocks.0.mlp.fc1.weight": 1e-3 * 0.5 ** 12, "backbone.pos_embed": 1e-3 * 0.5 ** 13,
+                "backbone.patch_embed.proj.weight": 1e-3 * 0.5 ** 13}
+    for name, lr in expected.items():
+        assert lr_of[id(params[name])][0] == pytest.approx(lr), name
+    assert lr_of[id(params["backbone.blocks.0.mlp.fc1.bias"])] == (pytest.approx(1e-3 * 0.5 ** 12), 0.0)
+
+    plain = build_adamw(model)  # without decay: one rate, two groups (decayed or not)
+    set_hyperparameters(plain, 1e-3, 0.05)
+    assert len(plain.param_groups) == 2 and all(g["lr"] == 1e-3 for g in plain.param_groups)
