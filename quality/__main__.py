@@ -17,6 +17,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--classic-only", action="store_true",
                         help="probe the classic readout only, not the frequency readout too (a quicker search)")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune the teacher and a scratch ViT on every task (configs/quality/finetune.yaml)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BY_NAME]
     if unknown:
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
     if args.command == "run":
         for name in args.names or [RECIPE]:
             for seed in args.seeds:
-                run(BY_NAME[name], seed, freq=not args.classic_only)
+                run(BY_NAME[name], seed, freq=not args.classic_only, finetune=args.finetune)
     table = render(load_results(), RECIPE, [e.name for e in EXPERIMENTS], CURVE)
     path = REPO / "results" / "quality.md"
     path.write_text(table)

@@ -26,6 +26,8 @@ RUNS = REPO / "runs" / "quality"
 RESULTS = REPO / "results" / "quality"
 PRETRAIN_CONFIG = "configs/pretrain/tiny.yaml"  # the laptop recipe, as `make pretrain` runs it
 PROBE_CONFIG = "configs/quality/probe.yaml"
+FINETUNE_CONFIG = "configs/quality/finetune.yaml"  # the full fine-tune of the teacher and of a scratch ViT
+FINETUNE = "finetune"
 # Every teacher (and its references) is also read as the field reads frozen audio models: each frequency
 # row of the last block's patch tokens pooled over time (mean and std), standardised, the same probe.
 FREQ = "freq"
@@ -61,9 +63,9 @@ def monitor_curve(run_dir: Path) -> list[dict]:
     return [{k.removeprefix("monitor/"): v for k, v in row.items()} for row in rows if "monitor/seconds" in row]
 
 
-def run(exp: Experiment, seed: int, freq: bool = True) -> dict:
+def run(exp: Experiment, seed: int, freq: bool = True, finetune: bool = False) -> dict:
     """Pretrain and evaluate `exp` with `seed` (each part skipped if done), with the frequency readout
-    too unless `freq` is false; returns its result."""
+    too unless `freq` is false, and fine-tuned (teacher and scratch) if `finetune`; returns its result."""
     out = RUNS / exp.name / f"seed{seed}"
     result_path = RESULTS / f"{exp.name}-seed{seed}.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
@@ -75,7 +77,7 @@ def run(exp: Experiment, seed: int, freq: bool = True) -> dict:
               "probe": list(exp.probe), "pretrain_seconds": previous.get("pretrain_seconds"),
               "tasks": previous.get("tasks", {})}
     if exp.teacher_of:
-        teacher = run(BY_NAME[exp.teacher_of], seed, freq)
+        teacher = run(BY_NAME[exp.teacher_of], seed, freq, finetune)
         pretrain_dir = RUNS / exp.teacher_of / f"seed{seed}" / "pretrain"
         result |= {"overrides": teacher["overrides"], "pretrain_seconds": teacher["pretrain_seconds"]}
     else:
@@ -99,8 +101,36 @@ def run(exp: Experiment, seed: int, freq: bool = True) -> dict:
                                                         FREQ_PROBE,
                                                         reference_file(task, seed, FREQ_PROBE, result["overrides"]))
             save(result, result_path)
+        if finetune and FINETUNE not in result["tasks"][task.name] and not exp.probe:
+            result["tasks"][task.name][FINETUNE] = fine_tune(task, backbone, out / f"{task.name}-{FINETUNE}", seed,
+                                                             result["overrides"])
+            save(result, result_path)
     save(result, result_path)
     return result
+
+
+def fine_tune(task: Task, backbone: Path, out: Path, seed: int, overrides: list[str]) -> dict:
+    """Test accuracy (%) of `backbone` fully fine-tuned on `task`, and of the same ViT from scratch (run once
+    per task, seed and backbone shape)."""
+    scratch_file = reference_file(task, seed, (FINETUNE,), overrides)
+    if scratch_file.is_file():
+        scratch = json.loads(scratch_file.read_text())
+    else:
+        shape = [o for o in overrides if o.startswith("model.patch_size=")]  # the teacher's patches, untrained
+        scratch = {"scratch": fine_tune_run(task, out.with_name(out.name + "-scratch"), seed,
+                                            ["model.init=null", *shape])}
+        save(scratch, scratch_file)
+    tic = time.perf_counter()
+    teacher = fine_tune_run(task, out, seed, [f"model.init={backbone}"])
+    return {"asit": teacher, **scratch, "seconds": round(time.perf_counter() - tic, 1)}
+
+
+def fine_tune_run(task: Task, out: Path, seed: int, init: list[str]) -> float:
+    call([sys.executable, "-m", "finetune", "--config", FINETUNE_CONFIG, *task.overrides, *init,
+          f"output_dir={out}", f"seed={seed}"], out.with_suffix(".log"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    part = "val" if metrics.get("cv") else "test"  # in cross-validation each held-out fold is "val"
+    return round(100 * metrics["averaged"][part]["accuracy"], 2)
 
 
 def reference_file(task: Task, seed: int, probe: tuple[str, ...], overrides: list[str]) -> Path:

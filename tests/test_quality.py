@@ -70,21 +70,28 @@ def test_the_budget_curve_orders_its_points_by_steps(tmp_path):
             < curve.index("| 10.0 | 1000 | 0.60 | recipe [0] | `train.lr=0.01` | 60.0 (50.0) |"))
 
 
-@pytest.mark.parametrize("asit, freq, verdict", [
-    (66.0, (60.0, 50.0), "margin over random met, freq readout beats both"),
-    (66.0, (60.0, 57.0), "margin over random met, freq readout does not beat fbank stats and random by 5"),
-    (66.0, (49.0, 30.0), "margin over random met, freq readout does not beat fbank stats and random by 5"),
-    (20.0, (60.0, 50.0), "margin over random not met, freq readout beats both")])
-def test_the_verdict_says_which_target_failed(tmp_path, asit, freq, verdict):
-    # fbank stats 50: the frequency readout must beat it, and the random backbone read the same way by 5
+@pytest.mark.parametrize("asit, freq, tuned, verdict", [
+    (66.0, (60.0, 50.0), (70.0, 55.0), "margin over random met, freq readout beats both, fine-tuned beats both"),
+    (66.0, (60.0, 57.0), (70.0, 55.0),
+     "margin over random met, freq readout does not beat fbank stats and random by 5, fine-tuned beats both"),
+    (66.0, (49.0, 30.0), None, "margin over random met, freq readout does not beat fbank stats and random by 5, "
+                               "fine-tuned not measured"),
+    (20.0, (60.0, 50.0), (70.0, 65.0), "margin over random not met, freq readout beats both, fine-tuned does not "
+                                       "beat scratch by 10 and fbank stats"),
+    (66.0, (60.0, 50.0), (49.0, 30.0), "margin over random met, freq readout beats both, fine-tuned does not "
+                                       "beat scratch by 10 and fbank stats")])
+def test_the_verdict_says_which_target_failed(tmp_path, asit, freq, tuned, verdict):
+    # fbank stats 50: the frequency readout and the fine-tuned teacher must beat it, the random backbone
+    # read the same way by 5, and the ViT fine-tuned from scratch by 10
     r = result("recipe", 0, asit, 10.0)
     for task in r["tasks"].values():
         task["freq"] = {"asit": freq[0], "random_init": freq[1]}
+        if tuned:
+            task["finetune"] = {"asit": tuned[0], "scratch": tuned[1]}
     (tmp_path / "recipe-seed0.json").write_text(json.dumps(r))
     table = render(load_results(tmp_path), "recipe", ["recipe"])
     assert f"fsdd: {verdict}" in table
-    # Fine-tuning is not measured yet, so the whole target is never won.
-    assert "Not won at this budget" in table
+    assert ("Not won at this budget" in table) != (verdict.count("beats both") == 2 and "not met" not in verdict)
 
 
 def test_references_are_shared_by_runs_that_only_change_training():
