@@ -312,5 +312,5 @@ def test_x_ares_runs_end_to_end_on_a_cpu_without_ffmpeg(checkpoints, tmp_path, m
     from asit import xares_run
     xares_run.main(["asit/hear.py", "scripts/xares_commands_task.py"])  # X-ARES takes paths from the root
     scores = tmp_path / "env" / "commands" / "checkpoints" / "AsitEncoder"
-    mlp = float((scores / "mlp_score.txt").read_text().split()[0])
-    assert 0 <= mlp <= 1 and (scores / "knn_score.txt").is_file()
+    mlp, knn = (float((scores / f"{kind}_score.txt").read_text().split()[0]) for kind in ("mlp", "knn"))
+    assert mlp > 2 / 3 and knn > 1 / 3  # three chirps, told apart (chance 1/3): the labels reached the MLP
