@@ -61,9 +61,7 @@ class BatchedFbank(torch.nn.Module):
 
     def __init__(self, cfg: FrontEndConfig):
         super().__init__()
-        # Kaldi truncates to whole samples (C++ static_cast), as torchaudio does.
-        self.window_size = int(cfg.sample_rate * cfg.frame_length_ms * 0.001)
-        self.hop = int(cfg.sample_rate * cfg.frame_shift_ms * 0.001)
+        self.window_size, self.hop = cfg.window_samples, cfg.hop_samples
         self.n_fft = 1 << (self.window_size - 1).bit_length()
         # Kaldi's "hanning" is the symmetric Hann window. Not persistent: derived from cfg, so checkpoints
         # holding a model with this module carry no copy of them.

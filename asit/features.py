@@ -36,11 +36,20 @@ class FrontEndConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"frontend.{name} must be positive, got {getattr(self, name)}")
 
+    @property
+    def window_samples(self) -> int:
+        # Kaldi truncates to whole samples (C++ static_cast), and torchaudio with this very expression:
+        # 275 samples at 11025 Hz, where rounding would give 276.
+        return int(self.sample_rate * self.frame_length_ms * 0.001)
+
+    @property
+    def hop_samples(self) -> int:
+        return int(self.sample_rate * self.frame_shift_ms * 0.001)
+
     def frames_in(self, num_samples: int) -> int:
         """Frames kaldi's fbank makes from `num_samples` (snip_edges: only whole windows)."""
-        window = round(self.frame_length_ms * self.sample_rate / 1000)
-        hop = round(self.frame_shift_ms * self.sample_rate / 1000)
-        return 0 if num_samples < window else 1 + (num_samples - window) // hop
+        window = self.window_samples
+        return 0 if num_samples < window else 1 + (num_samples - window) // self.hop_samples
 
 
 def fbank(wave: torch.Tensor, cfg: FrontEndConfig, subtract_mean: bool = True) -> torch.Tensor:
@@ -93,9 +102,9 @@ def _same(a, b) -> bool:
 def clip_fbank(wave: torch.Tensor, cfg: FrontEndConfig) -> torch.Tensor:
     """`fbank` of a whole clip [S] -> [F, T]; a clip shorter than one window is zero-padded to one
     (kaldi refuses it) and so gives a single frame."""
-    window = round(cfg.frame_length_ms * cfg.sample_rate / 1000)
     # As ASTFeatureExtractor, to the bit: a classifier exported to Hugging Face sees the same input.
-    return fbank(torch.nn.functional.pad(wave, (0, max(0, window - wave.shape[-1]))), cfg, subtract_mean=False)
+    return fbank(torch.nn.functional.pad(wave, (0, max(0, cfg.window_samples - wave.shape[-1]))), cfg,
+                 subtract_mean=False)
 
 
 def fit_frames(spec: torch.Tensor, num_frames: int) -> torch.Tensor:

@@ -147,3 +147,19 @@ def test_autocast_does_not_reach_the_front_end(fbank_module):
     assert out.dtype == torch.float32 and torch.equal(out, expected)
     # What the opt-out prevents: the same computation with a bf16 mel projection (measured 3.7e-2).
     assert (unguarded.float() - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 44100])
+def test_frame_counting_agrees_with_kaldi_at_every_rate(rate):
+    """The window is kaldi's whole samples (275 at 11025 Hz, not 276): frames_in, clip_fbank's padding
+    and the transform all count as torchaudio's kaldi.fbank does."""
+    from asit.features import clip_fbank
+
+    cfg = FrontEndConfig(sample_rate=rate)
+    for n in (cfg.window_samples - 1, cfg.window_samples, cfg.window_samples + 1, rate // 3, rate):
+        wave = 0.1 * torch.randn(n, generator=torch.Generator().manual_seed(n))
+        expected = 0 if n < cfg.window_samples else torchaudio.compliance.kaldi.fbank(
+            wave[None], sample_frequency=rate, num_mel_bins=128, window_type="hanning", htk_compat=True,
+            use_energy=False, dither=0.0).shape[0]
+        assert cfg.frames_in(n) == expected, n
+        assert clip_fbank(wave, cfg).shape[1] == max(1, expected), n
