@@ -33,7 +33,7 @@ from asit.runlog import RunLog
 from asit.runtime import autocast, compiled, resolve_precision, step_seed
 from asit.sampler import GlobalBatchSampler
 from asit.schedules import cosine, linear_then_constant, momentum_for_half_life
-from asit.sources import list_audio
+from asit.sources import check_files_exist, list_audio
 from asit.synthetic import LABELS_FILE, default_cache_dir, ensure_synthetic_dataset
 from asit.views import BadFiles, PretrainViews
 from asit.vit import adapt_state_dict, grid_of, set_attention
@@ -50,7 +50,9 @@ class NonFiniteLossError(RuntimeError):
 def training_items(cfg: PretrainConfig) -> tuple[list, str | None]:
     """The training clips, and the labelled set the monitor reads by default (the embedded set's labels)."""
     if cfg.data.train:
-        return list_audio(cfg.data.train), None
+        items = list_audio(cfg.data.train)
+        check_files_exist(cfg.data.train, items)
+        return items, None
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     folder = ensure_synthetic_dataset(root, num_clips=cfg.data.synthetic_clips, sample_rate=cfg.frontend.sample_rate)
     log.info("data.train is empty: using the embedded synthetic set in %s", folder)

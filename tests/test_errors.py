@@ -108,3 +108,15 @@ def test_a_command_line_error_leaves_no_traceback_in_a_real_process(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2
     assert 'must be a JSON object with a "data" list' in one_line(proc.stderr, manifest)
+
+
+def test_a_csv_of_missing_files_names_them_not_the_batch_size(tmp_path, capsys):
+    (tmp_path / "clips.csv").write_text("path\ngone/a.wav\ngone/b.wav\n")
+    run = [*TINY, f"data.train={tmp_path / 'clips.csv'}", f"output_dir={tmp_path / 'run'}"]
+    assert pretrain_main(run) == 2
+    line = one_line(capsys.readouterr().err, tmp_path / "clips.csv")
+    assert "all the 2 files it lists do not exist" in line and str(tmp_path / "gone" / "a.wav") in line
+    assert "global batch" not in line
+    csv = tmp_path / "clips.csv"
+    assert finetune_main([f"data.train={csv}", f"output_dir={tmp_path / 'ft'}"]) == 2
+    assert "do not exist" in one_line(capsys.readouterr().err, csv)
