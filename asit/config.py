@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
+import textwrap
 import types
 import typing
 from collections.abc import Callable
@@ -180,6 +183,41 @@ def load_config(cls: type, paths: str | Path | list | None, overrides: list[str]
         raise ConfigError(f"{where}: {e}") from None
 
 
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in `cls`'s source: the comment lines just above it and the one ending its line."""
+    try:
+        lines = inspect.getsource(cls).splitlines()[1:]
+    except (OSError, TypeError):
+        return {}
+    comments, above = {}, []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        match = re.match(r"(\w+)\s*:", text)
+        if match:
+            trailing = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+            comments[match.group(1)] = " ".join(above + [trailing]).strip()
+        above = []
+    return comments
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """Every key of dataclass `cls` as `key = default  (type)`, its source comment below: what
+    `--help` lists."""
+    hints, comments, out = typing.get_type_hints(cls), field_comments(cls), []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += describe(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(f"  {prefix}{f.name} = {default!r}  ({_type_name(hints[f.name])})")
+        if comments.get(f.name):
+            out += textwrap.wrap(comments[f.name], 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return out
+
+
 def command_line(cls: type, run: Callable[[Any], Any], argv: list[str] | None, prog: str, description: str,
                  example: str) -> int:
     """`prog --config A.yaml [--config B.yaml] key=value ...`: fill `cls`, then `run` it.
@@ -187,7 +225,9 @@ def command_line(cls: type, run: Callable[[Any], Any], argv: list[str] | None, p
     A user error (a config key, the data, a checkpoint, the disk) is one line naming the file or key,
     exit code 2, no traceback (`asit.errors`).
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="config keys (key = default, then what it does):\n" + "\n".join(describe(cls)))
     parser.add_argument("--config", action="append", default=[],
                         help=f"YAML config, e.g. {example}; repeat to layer configs (later files win)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")

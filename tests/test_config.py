@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from asit.config import ConfigError, load_config
+from asit.config import ConfigError, load_config, to_dict
 from pretrain.config import PretrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
@@ -88,3 +88,20 @@ def test_a_teacher_horizon_is_the_same_share_of_a_short_run_and_of_a_long_one():
     # Both set would silently ignore one of them: refused, naming both.
     with pytest.raises(ConfigError, match="exactly one of train.momentum_teacher and train.teacher_half_life"):
         load_config(PretrainConfig, None, ["train.teacher_half_life=0.07"])
+
+
+def test_help_lists_every_config_key_with_its_default_and_comment(capsys):
+    from pretrain.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+
+    def keys(d, prefix=""):
+        for k, v in d.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+    for key in keys(to_dict(PretrainConfig())):
+        assert f"  {key} = " in out, key
+    assert "  train.batch_size = 32  (int)\n      clips per process; each clip gives two views" in out
+    assert "  monitor.every_steps = 100  (int)\n      0 switches the monitor off" in out
