@@ -2,6 +2,7 @@
 
 import torch
 import torch._inductor.config as inductor_config
+from torch._dynamo.utils import counters
 
 from asit.runtime import compiled
 
@@ -13,8 +14,10 @@ def small_net() -> torch.nn.Module:
 
 def test_compiled_module_computes_the_same_function():
     torch._dynamo.reset()
+    counters.clear()
     net, x = small_net(), torch.randn(3, 8)
     assert torch.allclose(compiled(net)(x), net(x), atol=1e-6)
+    assert counters["frames"]["ok"] == 1  # the forward was compiled, not run eagerly after a failure
 
 
 def test_without_a_cxx_compiler_the_module_runs_eagerly(monkeypatch):
@@ -22,8 +25,10 @@ def test_without_a_cxx_compiler_the_module_runs_eagerly(monkeypatch):
     torch._dynamo.reset()
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no kernels from an earlier compile
+    counters.clear()
     net, x = small_net(), torch.randn(3, 8)
     assert torch.equal(compiled(net)(x), net(x))
+    assert counters["frames"]["total"] == 1 and counters["frames"]["ok"] == 0  # tried, then ran eagerly
 
 
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16_matmuls():
