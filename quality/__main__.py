@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     unknown = [n for n in args.names if n not in BY_NAME]
     if unknown:
         parser.error(f"unknown experiment {unknown[0]}")
+    retired = [n for n in args.names if BY_NAME[n].retired]
+    if args.command == "run" and retired:
+        parser.error(f"{retired[0]} cannot be rerun: {BY_NAME[retired[0]].retired}")
     if args.command == "run":
         for name in args.names or [RECIPE]:
             for seed in args.seeds:

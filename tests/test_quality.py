@@ -105,3 +105,11 @@ def test_references_are_shared_by_runs_that_only_change_training():
     assert reference_file(task, 0, (), ["train.epochs=2", "model.patch_size=[16,8]"]) != recipe
     assert reference_file(task, 0, FREQ_PROBE, ["train.epochs=4"]) != recipe
     assert reference_file(task, 1, (), ["train.epochs=4"]) != recipe
+
+
+def test_a_retired_experiment_is_not_rerun(capsys):
+    from quality.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "logmel_pad"])
+    assert "logmel_pad cannot be rerun" in capsys.readouterr().err
