@@ -146,7 +146,7 @@ def render(results: dict[str, list[dict]], recipe: str, order: list[str], curve:
                             for t in TASKS)
         minutes = mean_std([r["pretrain_seconds"] / 60 for r in rows])
         if "machine" in rows[0]:
-            minutes += f" ({rows[0]['machine']})"
+            minutes += f" ({rows[0]['machine']}{'; shared with other work: slower' if rows[0].get('shared') else ''})"
         if rows[0].get("monitor"):
             curves.append((name, rows))
         change = changes(rows[0]["overrides"] + rows[0].get("probe", [])) or "(none)"
