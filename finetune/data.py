@@ -22,7 +22,7 @@ from asit.audio import load_audio
 from asit.distributed import Dist
 from asit.errors import InputError
 from asit.features import FrontEndConfig, clip_features, fbank_statistics
-from asit.sources import AudioItem, check_files_exist, list_audio
+from asit.sources import AudioItem, list_audio
 
 from .config import DataConfig
 
@@ -123,14 +123,9 @@ def make_splits(cfg: DataConfig) -> list[Split]:
     """One split, or one per held-out fold in cross-validation."""
     if cfg.fsdd_split:
         return [Split("", *fsdd_split(cfg.train, cfg.fsdd_split))]
-    def listed(source: str | None) -> list[AudioItem] | None:
-        if not source:
-            return None
-        items = list_audio(source, cfg.labels_from_folders)
-        check_files_exist(source, items)
-        return items
-
-    train, val, test = listed(cfg.train), listed(cfg.val), listed(cfg.test)
+    train = list_audio(cfg.train, cfg.labels_from_folders)
+    val = list_audio(cfg.val, cfg.labels_from_folders) if cfg.val else None
+    test = list_audio(cfg.test, cfg.labels_from_folders) if cfg.test else None
     if not cfg.cv:
         return [Split("", train, val, test)]
     unfolded = [item.path for item in train if item.fold is None]

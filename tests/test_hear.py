@@ -306,11 +306,13 @@ def test_x_ares_runs_end_to_end_on_a_cpu_without_ffmpeg(checkpoints, tmp_path, m
                 path.parent.mkdir(parents=True, exist_ok=True)
                 sf.write(str(path), synthetic(0.5, k).numpy() * (0.5 + 0.1 * n), RATE)
     build(source, tmp_path / "env")
-    monkeypatch.setenv("ASIT_XARES_ENV", str(tmp_path / "env"))
-    monkeypatch.setenv("ASIT_CKPT", checkpoints["backbone"])
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    from asit import xares_run
-    xares_run.main(["asit/hear.py", "scripts/xares_commands_task.py"])  # X-ARES takes paths from the root
+    import os
+    import subprocess
+    import sys
+    # Its own process, as a user runs it: X-ARES sets the multiprocessing start method, once per process.
+    env = os.environ | {"ASIT_XARES_ENV": str(tmp_path / "env"), "ASIT_CKPT": checkpoints["backbone"]}
+    subprocess.run([sys.executable, "-m", "asit.xares_run", "asit/hear.py", "scripts/xares_commands_task.py"],
+                   cwd=Path(__file__).resolve().parents[1], env=env, check=True, capture_output=True)
     scores = tmp_path / "env" / "commands" / "checkpoints" / "AsitEncoder"
     mlp, knn = (float((scores / f"{kind}_score.txt").read_text().split()[0]) for kind in ("mlp", "knn"))
     assert mlp > 2 / 3 and knn > 1 / 3  # three chirps, told apart (chance 1/3): the labels reached the MLP
