@@ -129,8 +129,12 @@ def fine_tune_run(task: Task, out: Path, seed: int, init: list[str]) -> float:
     call([sys.executable, "-m", "finetune", "--config", FINETUNE_CONFIG, *task.overrides, *init,
           f"output_dir={out}", f"seed={seed}"], out.with_suffix(".log"))
     metrics = json.loads((out / "metrics.json").read_text())
-    part = "val" if metrics.get("cv") else "test"  # in cross-validation each held-out fold is "val"
-    return round(100 * metrics["averaged"][part]["accuracy"], 2)
+    return accuracy(metrics, metrics["averaged"])
+
+
+def accuracy(metrics: dict, row: dict) -> float:
+    """A row of a run's metrics.json as test accuracy in %: in cross-validation each held-out fold is "val"."""
+    return round(100 * row["val" if metrics.get("cv") else "test"]["accuracy"], 2)
 
 
 def reference_file(task: Task, seed: int, probe: tuple[str, ...], overrides: list[str]) -> Path:
@@ -153,18 +157,13 @@ def evaluate(task: Task, backbone: Path, out: Path, seed: int, probe: tuple[str,
             *(["finetune.baselines=false"] if known else [])]
     seconds = call(args, out.with_suffix(".log"))
     metrics = json.loads((out / "metrics.json").read_text())
-    part = "val" if metrics.get("cv") else "test"  # in cross-validation each held-out fold is "val"
-
-    def accuracy(row: dict) -> float:
-        return round(100 * row[part]["accuracy"], 2)
-
     if known is None:
-        known = {name: accuracy(row) for name, row in metrics["baselines"].items()}
+        known = {name: accuracy(metrics, row) for name, row in metrics["baselines"].items()}
         if references:
             save(known, references)
-    scores = {"asit": accuracy(metrics), **known, "seconds": round(seconds, 1)}
+    scores = {"asit": accuracy(metrics, metrics), **known, "seconds": round(seconds, 1)}
     if "layers" in metrics:
-        scores["layers"] = {name: accuracy(row) for name, row in metrics["layers"].items()}
+        scores["layers"] = {name: accuracy(metrics, row) for name, row in metrics["layers"].items()}
     return scores
 
 
